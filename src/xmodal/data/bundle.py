@@ -1,0 +1,53 @@
+"""What a data source hands the engine: datasets per split plus facts the method needs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataInfo:
+    num_classes: int = 0
+    multilabel: bool = False
+    class_names: list[str] = field(default_factory=list)
+    # free facts: input dims per modality, verb/noun maps, store paths, ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    info: DataInfo
+    val: Dataset | None = None
+    test: Dataset | None = None
+    collate: Callable | None = None
+    # further datasets a method may use (e.g. "pool": unlabelled paired clips for KD)
+    extra: dict[str, Dataset] = field(default_factory=dict)
+
+    def split(self, name: str) -> Dataset | None:
+        if name in ("train", "val", "test"):
+            return getattr(self, name)
+        return self.extra.get(name)
+
+
+class DictDataset(Dataset):
+    """Rows of equally long tensors/lists, returned as dicts (in-memory data, features)."""
+
+    def __init__(self, **columns: Any):
+        lengths = {k: len(v) for k, v in columns.items()}
+        assert len(set(lengths.values())) == 1, f"column lengths differ: {lengths}"
+        self.columns = columns
+        self.n = next(iter(lengths.values())) if lengths else 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[i] for k, v in self.columns.items()}
+
+    def __getitems__(self, idx: list[int]) -> list[dict]:
+        return [self[i] for i in idx]
