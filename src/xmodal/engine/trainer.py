@@ -127,6 +127,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         dump_yaml(cfg, out / "config.yaml")
 
     step, epoch, position = 0, 0, 0
+    window: dict = {"sums": {}, "n": 0}  # running means of the loss terms between two log rows
     if resume:
         found = _resolve_resume(resume, ckpts)
         if found is not None:
@@ -139,6 +140,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             rngs = state["rng"]
             set_rng_state(rngs[ctx.rank] if isinstance(rngs, list) and len(rngs) == ctx.world_size else rngs[0])
             step, epoch, position = state["step"], state["epoch"], state["position"]
+            window = state.get("log_window", window)
             logger.truncate_after(step)
             if ctx.is_main:
                 log.info("resumed from %s (epoch %d, step %d)", path, epoch, step)
@@ -155,6 +157,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 "epoch": ep,
                 "step": step,
                 "position": pos,
+                "log_window": {"sums": {k: float(v) for k, v in window["sums"].items()}, "n": window["n"]},
                 "world_size": ctx.world_size,
                 "config": to_dict(cfg),
             }
@@ -183,8 +186,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             micro = position // tc.batch_size
             remaining = steps_per_epoch * tc.grad_accum - micro
             bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main, initial=micro // tc.grad_accum)
-            sums: dict[str, float] = {}
-            n_sum, wait, busy = 0, 0.0, 0.0
+            wait, busy = 0.0, 0.0
             it = iter(loader)
             for _ in range(remaining):
                 tw = time.perf_counter()
@@ -200,9 +202,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                     if not torch.isfinite(out_.total.detach()):
                         raise FloatingPointError(f"non-finite loss at step {step}: {out_.terms}")
                     method.backward(out_, scale=scaler.get_scale() / tc.grad_accum if scaler.is_enabled() else 1.0 / tc.grad_accum)
+                sums = window["sums"]
                 for k, v in {"loss": out_.total, **out_.terms}.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else float(v))
-                n_sum += 1
+                window["n"] += 1
                 micro += 1
                 position = micro * tc.batch_size
                 if not last_micro:
@@ -220,12 +223,13 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 busy += time.perf_counter() - tb
                 bar.update(1)
                 if step % tc.log_every == 0 or step == total_steps:
-                    row = {k: float(v) / n_sum for k, v in sums.items()}
+                    row = {k: float(v) / window["n"] for k, v in window["sums"].items()}
                     row["lr"] = schedule.last_lr()
                     row["data_wait"] = wait / max(1e-9, wait + busy)
                     logger.log("train", step, row, epoch=epoch)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    sums, n_sum, wait, busy = {}, 0, 0.0, 0.0
+                    window = {"sums": {}, "n": 0}
+                    wait, busy = 0.0, 0.0
                 end_of_epoch = micro >= steps_per_epoch * tc.grad_accum
                 if step >= total_steps:
                     break
