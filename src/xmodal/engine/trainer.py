@@ -22,8 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from xmodal.config import RunConfig, dump_yaml, to_dict
+from xmodal.data.bundle import collate
 from xmodal.engine import dist
-from xmodal.engine.checkpoint import CheckpointManager, load_state_file, rng_state, save_safetensors_atomic, set_rng_state
+from xmodal.engine.checkpoint import (
+    CheckpointManager,
+    load_state_file,
+    rng_state,
+    save_safetensors_atomic,
+    set_rng_state,
+)
 from xmodal.engine.evaluate import autocast_ctx, evaluate, to_device
 from xmodal.engine.logging import MetricLogger, progress
 from xmodal.engine.optim import Schedule, build_optimizer
@@ -168,7 +175,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         batch_size=tc.batch_size,
         sampler=sampler,
         num_workers=tc.num_workers,
-        collate_fn=data.collate,
+        collate_fn=data.collate or collate,
         pin_memory=ctx.device.type == "cuda",
         drop_last=tc.drop_last,
     )
@@ -199,8 +206,6 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 with (model.no_sync() if not sync else _null()):
                     with autocast_ctx(ctx.device, tc.amp):
                         out_ = model(batch)
-                    if not torch.isfinite(out_.total.detach()):
-                        raise FloatingPointError(f"non-finite loss at step {step}: {out_.terms}")
                     method.backward(out_, scale=scaler.get_scale() / tc.grad_accum if scaler.is_enabled() else 1.0 / tc.grad_accum)
                 sums = window["sums"]
                 for k, v in {"loss": out_.total, **out_.terms}.items():
@@ -224,6 +229,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 bar.update(1)
                 if step % tc.log_every == 0 or step == total_steps:
                     row = {k: float(v) / window["n"] for k, v in window["sums"].items()}
+                    if not all(map(_finite, row.values())):  # checked here, not every step: no per-step sync
+                        raise FloatingPointError(f"non-finite loss before step {step}: {row}")
                     row["lr"] = schedule.last_lr()
                     row["data_wait"] = wait / max(1e-9, wait + busy)
                     logger.log("train", step, row, epoch=epoch)
@@ -247,7 +254,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             if finished_epoch:
                 epoch, position = epoch + 1, 0
                 if eval_split is not None and tc.eval_every and epoch % tc.eval_every == 0 and step < total_steps:
-                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
                     logger.log("val" if data.val is not None else "test", step, metrics, epoch=epoch)
                 if step < total_steps and tc.ckpt_every_epochs and epoch % tc.ckpt_every_epochs == 0:
                     save(epoch, position)
@@ -257,12 +264,13 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             log.info("stopped by signal at step %d; checkpoint written, resume with --resume auto", step)
         logger.close()
         return result
+    train_seconds = round(time.time() - t0, 3)
     save(epoch, position)
-    final: dict[str, Any] = {"steps": step, "train_seconds": round(time.time() - t0, 2)}
+    final: dict[str, Any] = {"steps": step, "train_seconds": train_seconds}
     for split in ("val", "test"):
         ds = data.split(split)
         if ds is not None:
-            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
             logger.log(split, step, metrics, epoch=epoch, final=True)
             final[split] = metrics
     if ctx.is_main:
@@ -273,6 +281,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     logger.close()
     result.metrics = final
     return result
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
 
 
 class _null:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +27,10 @@ def fill_model_dims(model_cfg: Any, info, input_key: str) -> Any:
     """Fill `in_dim`/`num_classes` left at 0 from the data's facts."""
     changes = {}
     names = {f.name for f in dataclasses.fields(model_cfg)}
-    if "num_classes" in names and getattr(model_cfg, "num_classes") == 0:
+    if "num_classes" in names and model_cfg.num_classes == 0:
         changes["num_classes"] = info.num_classes
     dims = info.extra.get("dims", {})
-    if "in_dim" in names and getattr(model_cfg, "in_dim") == 0 and input_key in dims:
+    if "in_dim" in names and model_cfg.in_dim == 0 and input_key in dims:
         changes["in_dim"] = int(dims[input_key])
     return dataclasses.replace(model_cfg, **changes) if changes else model_cfg
 
