@@ -414,7 +414,9 @@ def logfbank(signal, cfg: LogFbankConfig = LogFbankConfig(), *, sample_rate: int
     """psf `logfbank` of a signal [S] -> [nfilt, T] or [B, S] -> [B, nfilt, T] (frequency first).
 
     Keep int16-range values for GDT (int tensors are accepted). Computed in float32 (float64 input
-    stays float64); psf itself works in float64, the difference is ~1e-5 in the log domain.
+    stays float64); psf works in float64: measured log-domain differences <= 2e-5 (40 filters),
+    <= 2e-4 (257 single-bin filters, float32 FFT rounding). 38 of the 257 STiCA filters cover no FFT
+    bin and are always log(eps) = -36.04, as in psf.
     """
     x, was_1d = _as_batch(signal, "logfbank", allow_int=True)
     _check_rate("logfbank", sample_rate, cfg.sample_rate, "LogFbankConfig")
