@@ -155,6 +155,7 @@ def ccl_objectives(
 
     `mask` (bool [B], e.g. `nonzero_rows(t)` for audio) removes rows from every term; if fewer
     than 2 rows are kept over all ranks, both objectives are 0 (still attached to the graph).
+    Rows left without negatives keep only their positive term (`multiclass_contrastive`).
     """
     m_x = m if m_routed is None else m_routed
     z_x = z_m if z_m_routed is None else z_m_routed
@@ -169,7 +170,7 @@ def ccl_objectives(
     g_keep = _gather_rows(keep, gather)
     lab = _gather_rows(labels, gather)[g_keep]
     vg, tg, mg = (_gather_rows(a, gather)[g_keep] for a in (v, t, m))
-    vd = _gather_rows(v.detach(), gather)[g_keep]
+    vd = vg.detach()
     mxg = mg if m_routed is None else _gather_rows(m_routed, gather)[g_keep]
 
     def L(a, b):  # noqa: N802 - the spec's name

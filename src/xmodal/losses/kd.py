@@ -73,8 +73,9 @@ def kd_kl(
         per = torch.where(mask, per, torch.zeros_like(per))
     if reduction == "none":
         return per
-    kept = mask.sum() if mask is not None else torch.tensor(per.shape[0], device=per.device)
-    denom = kept * (per.new_tensor(student_logits.shape[1]) if reduction == "mean_elements" else 1)
+    denom = mask.sum().to(per.dtype) if mask is not None else per.new_tensor(per.shape[0])
+    if reduction == "mean_elements":
+        denom = denom * student_logits.shape[1]
     return per.sum() / denom.clamp_min(1)
 
 
