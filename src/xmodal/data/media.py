@@ -118,6 +118,12 @@ def _t0(c) -> float:
     return c.start_time / 1e6 if c.start_time is not None else 0.0
 
 
+def _check_start(path, c, start: float) -> None:
+    """A window that starts after the end (as the header says) fails before any decoding."""
+    if c.duration and start >= c.duration / 1e6:
+        raise MediaError(path, "too_short", f"duration {c.duration / 1e6:g} s, window starts at {start:g} s")
+
+
 def _time(frame, t0: float) -> float | None:
     return None if frame.pts is None else float(frame.pts * frame.time_base) - t0
 
@@ -252,6 +258,7 @@ def decode_video(
         if s is None:
             raise MediaError(path, "no_video")
         t0 = _t0(c)
+        _check_start(path, c, start)
         rate = s.average_rate or s.guessed_rate
         frame_dur = 1.0 / float(rate) if rate else 0.04
         decoded = 0
@@ -327,6 +334,7 @@ def decode_audio(
             raise MediaError(path, "no_audio")
         s = c.streams.audio[0]
         t0 = _t0(c)
+        _check_start(path, c, start)
 
         def run(seek_to: float | None) -> tuple[list, float | None, int]:
             # planar float at the target rate, native channel layout: the channel choice is ours
