@@ -64,6 +64,8 @@ def collect_outputs(
     world, rank = dist.world_size(), dist.rank()
     idx = list(range(rank, len(dataset), world))
     subset = torch.utils.data.Subset(dataset, idx) if world > 1 else dataset
+    if collate is None:
+        from xmodal.data.bundle import collate
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     was_training = method.training
     method.eval()

@@ -22,8 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from xmodal.config import RunConfig, dump_yaml, to_dict
+from xmodal.data.bundle import collate
 from xmodal.engine import dist
-from xmodal.engine.checkpoint import CheckpointManager, load_state_file, rng_state, save_safetensors_atomic, set_rng_state
+from xmodal.engine.checkpoint import (
+    CheckpointManager,
+    load_state_file,
+    rng_state,
+    save_safetensors_atomic,
+    set_rng_state,
+)
 from xmodal.engine.evaluate import autocast_ctx, evaluate, to_device
 from xmodal.engine.logging import MetricLogger, progress
 from xmodal.engine.optim import Schedule, build_optimizer
@@ -127,6 +134,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         dump_yaml(cfg, out / "config.yaml")
 
     step, epoch, position = 0, 0, 0
+    window: dict = {"sums": {}, "n": 0}  # running means of the loss terms between two log rows
     if resume:
         found = _resolve_resume(resume, ckpts)
         if found is not None:
@@ -139,6 +147,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             rngs = state["rng"]
             set_rng_state(rngs[ctx.rank] if isinstance(rngs, list) and len(rngs) == ctx.world_size else rngs[0])
             step, epoch, position = state["step"], state["epoch"], state["position"]
+            window = state.get("log_window", window)
             logger.truncate_after(step)
             if ctx.is_main:
                 log.info("resumed from %s (epoch %d, step %d)", path, epoch, step)
@@ -155,6 +164,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 "epoch": ep,
                 "step": step,
                 "position": pos,
+                "log_window": {"sums": {k: float(v) for k, v in window["sums"].items()}, "n": window["n"]},
                 "world_size": ctx.world_size,
                 "config": to_dict(cfg),
             }
@@ -165,7 +175,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         batch_size=tc.batch_size,
         sampler=sampler,
         num_workers=tc.num_workers,
-        collate_fn=data.collate,
+        collate_fn=data.collate or collate,
         pin_memory=ctx.device.type == "cuda",
         drop_last=tc.drop_last,
     )
@@ -182,9 +192,8 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             loader = DataLoader(data.train, **loader_kw)
             micro = position // tc.batch_size
             remaining = steps_per_epoch * tc.grad_accum - micro
-            bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main, initial=micro // tc.grad_accum)
-            sums: dict[str, float] = {}
-            n_sum, wait, busy = 0, 0.0, 0.0
+            bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main and tc.progress, initial=micro // tc.grad_accum)
+            wait, busy = 0.0, 0.0
             it = iter(loader)
             for _ in range(remaining):
                 tw = time.perf_counter()
@@ -197,12 +206,11 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 with (model.no_sync() if not sync else _null()):
                     with autocast_ctx(ctx.device, tc.amp):
                         out_ = model(batch)
-                    if not torch.isfinite(out_.total.detach()):
-                        raise FloatingPointError(f"non-finite loss at step {step}: {out_.terms}")
                     method.backward(out_, scale=scaler.get_scale() / tc.grad_accum if scaler.is_enabled() else 1.0 / tc.grad_accum)
+                sums = window["sums"]
                 for k, v in {"loss": out_.total, **out_.terms}.items():
                     sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else float(v))
-                n_sum += 1
+                window["n"] += 1
                 micro += 1
                 position = micro * tc.batch_size
                 if not last_micro:
@@ -220,12 +228,15 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 busy += time.perf_counter() - tb
                 bar.update(1)
                 if step % tc.log_every == 0 or step == total_steps:
-                    row = {k: float(v) / n_sum for k, v in sums.items()}
+                    row = {k: float(v) / window["n"] for k, v in window["sums"].items()}
+                    if not all(map(_finite, row.values())):  # checked here, not every step: no per-step sync
+                        raise FloatingPointError(f"non-finite loss before step {step}: {row}")
                     row["lr"] = schedule.last_lr()
                     row["data_wait"] = wait / max(1e-9, wait + busy)
                     logger.log("train", step, row, epoch=epoch)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    sums, n_sum, wait, busy = {}, 0, 0.0, 0.0
+                    window = {"sums": {}, "n": 0}
+                    wait, busy = 0.0, 0.0
                 end_of_epoch = micro >= steps_per_epoch * tc.grad_accum
                 if step >= total_steps:
                     break
@@ -243,7 +254,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             if finished_epoch:
                 epoch, position = epoch + 1, 0
                 if eval_split is not None and tc.eval_every and epoch % tc.eval_every == 0 and step < total_steps:
-                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
                     logger.log("val" if data.val is not None else "test", step, metrics, epoch=epoch)
                 if step < total_steps and tc.ckpt_every_epochs and epoch % tc.ckpt_every_epochs == 0:
                     save(epoch, position)
@@ -253,12 +264,13 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             log.info("stopped by signal at step %d; checkpoint written, resume with --resume auto", step)
         logger.close()
         return result
+    train_seconds = round(time.time() - t0, 3)
     save(epoch, position)
-    final: dict[str, Any] = {"steps": step, "train_seconds": round(time.time() - t0, 2)}
+    final: dict[str, Any] = {"steps": step, "train_seconds": train_seconds}
     for split in ("val", "test"):
         ds = data.split(split)
         if ds is not None:
-            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
             logger.log(split, step, metrics, epoch=epoch, final=True)
             final[split] = metrics
     if ctx.is_main:
@@ -269,6 +281,10 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     logger.close()
     result.metrics = final
     return result
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
 
 
 class _null:

@@ -1,0 +1,1 @@
+"""CLI verbs, one module per group; see xmodal/cli.py."""

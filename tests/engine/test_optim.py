@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+
+from xmodal.config import OptimConfig, SchedConfig
+from xmodal.engine.optim import Schedule, build_optimizer, default_param_groups, lr_factor
+
+
+def test_warmup_then_cosine():
+    cfg = SchedConfig(name="cosine", warmup_steps=10, warmup_start=0.0, min_ratio=0.1)
+    assert lr_factor(cfg, 0, 100, 110) == 0.0
+    assert lr_factor(cfg, 5, 100, 110) == pytest.approx(0.5)
+    assert lr_factor(cfg, 10, 100, 110) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60, 100, 110) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(cfg, 110, 100, 110) == pytest.approx(0.1)
+
+
+def test_multistep_and_cavmae_epoch_step():
+    ms = SchedConfig(name="multistep", milestones=[2, 4], gamma=0.1)
+    assert [lr_factor(ms, s, 10, 100) for s in (0, 19, 20, 39, 40)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    # CAV-MAE AS-20K: decay 0.5 after epoch 5 (1-based), then every epoch.
+    es = SchedConfig(name="epoch_step", start=5, every=1, gamma=0.5)
+    assert [lr_factor(es, e * 10, 10, 1000) for e in range(8)] == pytest.approx([1, 1, 1, 1, 1, 0.5, 0.25, 0.125])
+    es2 = SchedConfig(name="epoch_step", start=10, every=5, gamma=0.5)
+    assert [lr_factor(es2, e, 1, 1000) for e in (9, 10, 14, 15, 20)] == pytest.approx([1, 0.5, 0.5, 0.25, 0.125])
+
+
+def test_param_groups_scale_no_decay_and_unscheduled():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    groups = default_param_groups(net, OptimConfig(no_decay=["bias", "1."]))
+    assert [len(g["params"]) for g in groups] == [1, 3] and groups[1]["weight_decay"] == 0.0
+    head = torch.nn.Linear(2, 2)
+    opt = build_optimizer(
+        groups + [{"params": head.parameters(), "lr_scale": 10.0, "scheduled": False}],
+        OptimConfig(name="adamw", lr=0.01, weight_decay=0.05),
+    )
+    sched = Schedule(opt, SchedConfig(name="multistep", milestones=[1]), steps_per_epoch=1, total_steps=5)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.001, 0.1])
+    assert opt.param_groups[0]["weight_decay"] == 0.05
