@@ -465,49 +465,85 @@ def write_files(cfg: AVDigitsConfig, root: str | Path, *, crf: int = 15) -> Path
 
 # ---------------------------------------------------------------------------- engine source
 class AVDigitsDataset(Dataset):
-    """Clips as batch dicts: video float [C,T,H,W] in [0,1], audio float [S], label, audio_label, uid."""
+    """Clips as batch dicts: video float [C,T,H,W] in [0,1], audio float [S], fbank [frames, mel]
+    (when computed), label, audio_label, uid."""
 
-    def __init__(self, data: AVDigits):
+    def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None):
         self.video = torch.from_numpy(data.video)  # uint8 until a sample is read (4x less memory)
         self.audio = torch.from_numpy(data.audio)
         self.label = torch.from_numpy(data.label)
         self.audio_label = torch.from_numpy(data.audio_label)
+        self.fbank = fbank
         self.uid = data.uid
 
     def __len__(self) -> int:
         return len(self.uid)
 
     def __getitem__(self, i: int) -> dict:
-        return {
-            "video": self.video[i].permute(3, 0, 1, 2).float().div_(255),
-            "audio": self.audio[i],
-            "label": self.label[i],
-            "audio_label": self.audio_label[i],
-            "uid": self.uid[i],
+        return self.__getitems__([i], single=True)
+
+    def __getitems__(self, idx: list[int], single: bool = False) -> dict:
+        # Batched fetch: one gather per key instead of a dict per sample (the loader's collate
+        # passes an already-batched dict through).
+        index = torch.as_tensor(idx, dtype=torch.long)
+        out = {
+            "video": self.video[index].permute(0, 4, 1, 2, 3).float().div_(255),
+            "audio": self.audio[index],
+            "label": self.label[index],
+            "audio_label": self.audio_label[index],
+            "uid": [self.uid[i] for i in idx],
         }
+        if self.fbank is not None:
+            out["fbank"] = self.fbank[index]
+        if single:
+            out = {k: v[0] for k, v in out.items()}
+        return out
 
 
 @dataclass
 class AVDigitsDataConfig(AVDigitsConfig):
     name: str = "avdigits"
+    train_split: Literal["train", "pool"] = "train"  # pool: e.g. teachers trained on their own modality
+    fbank_bins: int = 64  # Kaldi log-mel bins of the "fbank" key; 0 = no fbank key
+
+
+def avdigits_fbank(audio: np.ndarray, bins: int, stats_rows: np.ndarray) -> torch.Tensor:
+    """Kaldi log-mel [N, frames, bins] of all clips, normalised with the mean/std of `stats_rows`
+    (train + pool clips: test statistics never leak into the normalisation)."""
+    from xmodal.data.fbank import FbankConfig, kaldi_fbank
+
+    wave = torch.from_numpy(audio)
+    fb = torch.cat([kaldi_fbank(w, FbankConfig(num_mel_bins=bins)) for w in wave.split(512)])
+    ref = fb[torch.from_numpy(stats_rows)]
+    return ((fb - ref.mean()) / ref.std()).contiguous()
 
 
 @register_dataset("avdigits", config=AVDigitsDataConfig)
 def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
-    """In-memory avdigits: train = labelled clips, extra["pool"] = unlabelled paired clips, test."""
+    """In-memory avdigits: train = labelled clips (or the pool), extra["pool"] = unlabelled paired
+    clips, test."""
     data = generate(cfg)
+    fbank = None
+    if cfg.fbank_bins > 0:
+        fbank = avdigits_fbank(data.audio, cfg.fbank_bins, np.flatnonzero(data.split != "test"))
     info = DataInfo(
         num_classes=cfg.num_classes,
         class_names=list(data.labels),
         extra={
             "fps": cfg.fps, "frames": cfg.frames, "size": cfg.size, "sample_rate": SAMPLE_RATE,
             "audio_samples": data.audio.shape[1], "gap": cfg.gap, "gap_mode": cfg.gap_mode,
+            "fbank_shape": tuple(fbank.shape[1:]) if fbank is not None else None,
         },
     )  # fmt: skip
-    pool = data.subset("pool")
+
+    def part(split: str) -> AVDigitsDataset:
+        idx = np.flatnonzero(data.split == split)
+        return AVDigitsDataset(data.subset(split), fbank[torch.from_numpy(idx)] if fbank is not None else None)
+
+    pool = part("pool")
     return DataBundle(
-        train=AVDigitsDataset(data.subset("train")),
-        test=AVDigitsDataset(data.subset("test")),
+        train=part(cfg.train_split),
+        test=part("test"),
         info=info,
-        extra={"pool": AVDigitsDataset(pool)} if len(pool) else {},
+        extra={"pool": pool} if len(pool) else {},
     )
