@@ -40,7 +40,7 @@ class Corpus:
 
 
 def make_corpus(root: Path, n_good: int = 8, *, bad: bool = True, frames: int = 8, k4: bool = False) -> Corpus:
-    """`n_good` clips (32x32, `frames` frames at 8 fps, 1 s of audio) in train/test, 3 classes.
+    """`n_good` clips (32x32, `frames` frames at 8 fps, as much audio) in train/test, 3 classes.
 
     With `bad`: corrupt bytes, a 0-byte file, video without audio, audio without video, a missing
     file and a 0.25 s clip (too short when min_duration is 0.5 s). With `k4`: a 3840x2160 clip of
@@ -54,7 +54,7 @@ def make_corpus(root: Path, n_good: int = 8, *, bad: bool = True, frames: int = 
         uid = f"clip{i:02d}"
         path = root / f"{uid}.mp4"
         if not path.exists():
-            write_av(path, clip_frames(frames, i), FPS, clip_audio(1.0, i), SR, gop=frames)
+            write_av(path, clip_frames(frames, i), FPS, clip_audio(frames / FPS, i), SR, gop=frames)
         rows.append(ManifestRow(uid, "train" if i % 4 else "test", [i % 3], video=path.name, audio=path.name,
                                 group=f"g{i % 2}", meta={"i": i}))  # fmt: skip
         good.append(uid)
@@ -93,3 +93,18 @@ def make_corpus(root: Path, n_good: int = 8, *, bad: bool = True, frames: int = 
 def store_files(root: Path) -> dict[str, bytes]:
     """Every file of a store (relative path -> bytes), for byte-identity checks."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def timecode_clip(path: Path, frames: int, seed: int = 0) -> Path:
+    """A clip whose content tells the time: frame k is flat grey 10·k (+ a seed-dependent tint
+    that keeps clips apart), and audio during frame k's period is the constant 0.02·(k + 1).
+    Lossless audio (PCM in Matroska), so a window's first sample names the frame it starts at.
+    """
+    from xmodal.data.media import write_av
+
+    k = np.arange(frames)
+    v = np.broadcast_to((10 * k)[:, None, None, None], (frames, SIZE, SIZE, 3)).astype(np.uint8).copy()
+    v[..., 2] = np.minimum(255, v[..., 2] + seed)
+    per = SR // FPS
+    audio = np.repeat(0.02 * (k + 1), per).astype(np.float32)
+    return write_av(path, v, FPS, audio, SR, gop=4, audio_codec="pcm_s16le", crf=0)
