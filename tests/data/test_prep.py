@@ -83,7 +83,7 @@ def test_stored_frames_and_audio_equal_direct_decoding(corpus, reference):
         assert sr == 16000 and s["audio"]["samples"] == len(wave) == len(ref)
         np.testing.assert_allclose(wave, ref, atol=1.0 / 32767)
         head = json.loads(reader.read(path, *s["members"]["json"]))
-        assert head["uid"] == uid and head["meta"]["i"] == int(uid[-2:]) and head["video"]["frames"] == 8
+        assert head["uid"] == uid and head["meta"]["i"] == int(uid[-2:]) and head["streams"]["video"]["frames"] == 8
     reader.close()
 
 

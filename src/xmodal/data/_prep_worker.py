@@ -14,7 +14,7 @@ import logging
 import multiprocessing as mp
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -160,11 +160,11 @@ def _audio(path: Path, info, start: float, end: float | None, cfg) -> tuple[np.n
 
 
 def _encode(row: ManifestRow, frames, video, wave, audio, cfg) -> Prepared:
-    from xmodal.data.prep import prepared_row
     from xmodal.data.shards import encode_audio, encode_jpg, encode_npy
 
-    head = json.loads(prepared_row(row).to_json())
-    head.update(video=video, audio=audio)
+    # the row without its source paths (the media are the members beside this one) + stream facts
+    head = json.loads(replace(row, video=None, audio=None).to_json())
+    head["streams"] = {"video": video, "audio": audio}
     members = [("json", json.dumps(head, ensure_ascii=False, sort_keys=True).encode("utf-8"))]
     npy_header = 0
     if frames is not None:

@@ -6,7 +6,8 @@ Store layout (``<out>/``)::
     shards/shard-000000.tar    WebDataset-layout tar (see `xmodal.data.shards`)
     shards/shard-000000.json   its sidecar index: members + byte offsets, stream facts, rejects
     ...
-    manifest.jsonl             prepared samples (rejects left out), sorted by (split, uid)
+    manifest.jsonl             prepared samples (rejects left out), sorted by (split, uid); a row's
+                               `video`/`audio` name the shard holding them (relative to the store)
     rejects.jsonl              {uid, path, reason, detail} per unusable file
     labels.csv                 index,id,name
     index.json                 written last: the store is complete when it exists
@@ -18,7 +19,8 @@ Store layout (``<out>/``)::
      "num_samples": int, "num_rejects": int, "rejects_by_reason": {reason: int},
      "splits": {split: int}, "num_classes": int, "multilabel": bool,
      "shards": [{"name": "shards/shard-000000.tar", "index": "shards/shard-000000.json",
-                 "samples": int, "rejects": int, "bytes": int, "fingerprint": hex}]}
+                 "samples": int, "rejects": int, "bytes": int, "fingerprint": hex,
+                 "uids": [uid, ...]}]}
 
 Shard sidecar ``shards/shard-NNNNNN.json``::
 
@@ -445,9 +447,9 @@ def _write_sample(writer: TarWriter, row: ManifestRow, res) -> dict:
 
 
 # ---------------------------------------------------------------------------------- finalize
-def prepared_row(row: ManifestRow) -> ManifestRow:
-    """The manifest row of a stored sample: media now live in the shards."""
-    return replace(row, video=None, audio=None)
+def prepared_row(row: ManifestRow, entry: dict, shard: str) -> ManifestRow:
+    """The manifest row of a stored sample: `video`/`audio` name the shard that holds them."""
+    return replace(row, video=shard if entry["video"] else None, audio=shard if entry["audio"] else None)
 
 
 def _labels_csv(labels: list[Label]) -> str:
@@ -473,8 +475,8 @@ def finalize(out: Path, plans: list[ShardPlan], src: Source, cfg: PrepConfig) ->
     for f in sorted(d.glob("shard-*")) if d.is_dir() else []:
         if f.name not in planned:
             f.unlink()  # from an earlier, longer manifest
-    kept = {s["uid"] for side in sides for s in side["samples"]}
-    rows = [prepared_row(r) for r in src.rows if r.uid in kept]
+    kept = {s["uid"]: (s, f"{SHARD_DIR}/{side['shard']}") for side in sides for s in side["samples"]}
+    rows = [prepared_row(r, *kept[r.uid]) for r in src.rows if r.uid in kept]
     rejects = [r for side in sides for r in side["rejects"]]
     manifest_text = "".join(r.to_json() + "\n" for r in rows)
     write_atomic(out / "manifest.jsonl", manifest_text, only_if_changed=True)
@@ -499,6 +501,7 @@ def finalize(out: Path, plans: list[ShardPlan], src: Source, cfg: PrepConfig) ->
                 "rejects": len(s["rejects"]),
                 "bytes": s["bytes"],
                 "fingerprint": p.fingerprint,
+                "uids": [x["uid"] for x in s["samples"]],
             }
             for p, s in zip(plans, sides)
         ],

@@ -1,9 +1,9 @@
 """Tar shards in WebDataset layout, written deterministically, read back by byte offset.
 
 A shard is a plain POSIX tar whose members are grouped by sample key, in order:
-``<key>.json`` (the sample's manifest row + stream facts), then ``<key>.frames.npy`` (uint8
-[T,H,W,3]) or ``<key>.000.jpg`` ... ``<key>.NNN.jpg``, then ``<key>.flac`` or ``<key>.wav``
-(16-bit PCM, mono). Any WebDataset/tar reader can stream it; xmodal reads single members (or
+``<key>.json`` (the manifest row without media paths, plus ``"streams"``: the stream facts),
+then ``<key>.frames.npy`` (uint8 [T,H,W,3]) or ``<key>.000.jpg`` ... ``<key>.NNN.jpg``, then
+``<key>.flac`` or ``<key>.wav`` (16-bit PCM, mono). Any WebDataset/tar reader can stream it; xmodal reads single members (or
 single frames inside a ``.frames.npy``) with one ``pread`` each, using the member offsets that
 prep records in the shard's sidecar index (see `xmodal.data.prep`).
 
