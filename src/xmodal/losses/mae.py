@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
+from xmodal.losses.contrastive import info_nce
 
 MaskMode = Literal["unstructured", "time", "freq", "tf"]
 
@@ -129,27 +129,16 @@ def cavmae_contrastive(
     symmetric: bool = False,
     gather: bool = False,
 ) -> LossOut:
-    """InfoNCE over pooled, L2-normalised audio/visual vectors: S = Â V̂ᵀ / τ.
+    """InfoNCE over pooled, L2-normalised audio/visual vectors: S = Â V̂ᵀ / τ, nothing detached.
 
     Single direction (default): nce = −mean_i log_softmax(S, dim=0)[i, i] — for each visual column,
-    a softmax over the batch's audios. ``symmetric`` averages it with the dim-1 version.
-    c_acc = share of columns (rows for dim 1) whose argmax is the diagonal. a, v: [B, D] (already
-    mean-pooled). ``gather`` concatenates both sides over ranks with gradients (all_gather_with_grad);
-    the reference did not gather (per-GPU negatives).
+    a softmax over the batch's audios, i.e. `info_nce` with the visual side as the query.
+    ``symmetric`` averages it with the dim-1 version. c_acc = share of columns (and rows, averaged,
+    when symmetric) whose argmax is the diagonal. a, v: [B, D] (already mean-pooled). ``gather``
+    concatenates both sides over ranks with gradients; the reference did not (per-GPU negatives).
     """
-    a = F.normalize(a, dim=-1)
-    v = F.normalize(v, dim=-1)
-    if gather:
-        from xmodal.engine.dist import all_gather_with_grad
-
-        a, v = all_gather_with_grad(a), all_gather_with_grad(v)
-    sim = a @ v.t() / temperature
-    target = torch.arange(sim.shape[0], device=sim.device)
-    nce_0 = -torch.diagonal(F.log_softmax(sim, dim=0)).mean()
-    acc_0 = (sim.argmax(dim=0) == target).float().mean()
-    if not symmetric:
-        return LossOut(nce_0, {"nce": nce_0.detach(), "c_acc": acc_0})
-    nce_1 = -torch.diagonal(F.log_softmax(sim, dim=1)).mean()
-    acc_1 = (sim.argmax(dim=1) == target).float().mean()
-    nce = (nce_0 + nce_1) / 2
-    return LossOut(nce, {"nce": nce.detach(), "c_acc": (acc_0 + acc_1) / 2})
+    out = info_nce(v, a, temperature=temperature, gather=gather, symmetric=symmetric)
+    acc = out.terms["acc_a2b"]
+    if symmetric:
+        acc = (acc + out.terms["acc_b2a"]) / 2
+    return LossOut(out.total, {"nce": out.total.detach(), "c_acc": acc})
