@@ -93,6 +93,8 @@ def text_config(family: str, *, size: str = "tiny", vocab_size: int, max_len: in
                   hidden_dim=inner, max_position_embeddings=positions, pad_token_id=pad_token_id)
     elif family == "albert":
         kw["embedding_size"] = 128 if size == "base" else 32
+    elif family == "electra":
+        kw["embedding_size"] = hidden  # the discriminator's embeddings are as wide as its layers
     elif family == "roberta":
         kw["type_vocab_size"] = 1
     elif family in ("deberta", "deberta-v2"):
@@ -163,14 +165,17 @@ def encode_left_truncated(tokenizer: Any, texts: Sequence[str], max_len: int) ->
     if room < 1:
         raise ConfigError(f"max_len {max_len}: must leave room for the {len(prefix) + len(suffix)} special tokens")
     pieces = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
-    rows = [prefix + p[max(0, len(p) - room):] + suffix for p in pieces]
-    width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return Encoded(ids, mask)
+    return pad_rows([prefix + p[max(0, len(p) - room):] + suffix for p in pieces], tokenizer.pad_token_id)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> Encoded:
+    """Right-pad id lists to the longest; the mask marks real tokens."""
+    if not rows:
+        return Encoded(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long))
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True,
+                                          padding_value=pad_id)
+    return Encoded(ids, (torch.arange(ids.shape[1]) < lengths[:, None]).long())
 
 
 @dataclass
@@ -382,12 +387,9 @@ def mlm_pretrain(init: str | Path | Any, corpus_lines: Sequence[str], out_dir: s
     for _ in range(steps):
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(enc), generator=gen), 0
-        rows = [enc[i] for i in order[pos : pos + batch_size].tolist()]
+        batch = pad_rows([enc[i] for i in order[pos : pos + batch_size].tolist()], tokenizer.pad_token_id)
         pos += batch_size
-        ids = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)], attn[i, : len(r)] = torch.tensor(r), 1
+        ids, attn = batch.input_ids, batch.attention_mask
         maskable = attn.bool() & ~torch.isin(ids, special)
         inputs, labels = mask_tokens(ids, maskable, mask_prob=mask_prob, mask_token_id=tokenizer.mask_token_id,
                                      vocab_size=model.config.vocab_size, generator=gen)

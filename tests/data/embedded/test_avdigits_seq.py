@@ -9,6 +9,7 @@ import pytest
 
 from xmodal.data.embedded.avdigits_seq import (
     SeqConfig,
+    assemble_video,
     frame_actions,
     generate_sequences,
     grammar,
@@ -60,6 +61,13 @@ def test_timing_splits_and_labels():
         assert lab.shape == (q.num_frames,)
         assert (lab >= 0).sum() == CFG.clip_frames * len(q.segments)
         assert all(lab[f0] == s.action and lab[f1 - 1] == s.action for (f0, f1), s in zip(frames, q.segments))
+
+
+def test_assemble_video_places_clips_at_their_frames():
+    q = generate_sequences(CFG, 0)[0]
+    video = assemble_video(q, lambda s: np.full((CFG.clip_frames, 2, 2), s.action), lambda n: np.full((n, 2, 2), -1), CFG.fps)
+    assert video.shape == (q.num_frames, 2, 2)
+    np.testing.assert_array_equal(video[:, 0, 0], frame_actions(q, CFG.fps))
 
 
 def test_histories_with_tau_half_second_are_the_whole_past():

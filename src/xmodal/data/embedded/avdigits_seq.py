@@ -28,6 +28,7 @@ separate random streams, so they never coincide line for line. Everything is det
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,6 +196,24 @@ def frame_actions(seq: Sequence, fps: float) -> np.ndarray:
     for s in seq.segments:
         lab[int(round(s.start * fps)) : int(round(s.end * fps))] = s.action
     return lab
+
+
+def assemble_video(seq: Sequence, clip: Callable[[Segment], np.ndarray], gap: Callable[[int], np.ndarray],
+                   fps: float) -> np.ndarray:
+    """A sequence's frames [num_frames, ...]: `clip(segment)` (its `clip_frames` frames, e.g. an
+    avdigits clip of digit `segment.noun`) at each segment, `gap(n)` (n filler frames) between."""
+    parts, cursor = [], 0
+    for s in seq.segments:
+        f0 = int(round(s.start * fps))
+        if f0 > cursor:
+            parts.append(gap(f0 - cursor))
+        frames = clip(s)
+        assert len(frames) == int(round(s.end * fps)) - f0, f"clip of {s.uid}: {len(frames)} frames"
+        parts.append(frames)
+        cursor = f0 + len(frames)
+    if seq.num_frames > cursor:
+        parts.append(gap(seq.num_frames - cursor))
+    return np.concatenate(parts)
 
 
 def segments(sequences: list[Sequence]) -> list[Segment]:
