@@ -185,3 +185,16 @@ def test_builder_presets_and_errors():
     f = build_avt(5, backbone="none", feat_dim=24, width=32, heads=2)
     with pytest.raises(ConfigError, match="24"):
         f(torch.randn(2, 4, 16))
+
+
+def test_published_sizes_on_the_meta_device():
+    with torch.device("meta"):
+        egtea = build_avt(106, preset="egtea_avt_b")
+        feats = build_avt(2513, preset="ek55_features")
+    # ViT-B/16 85,798,656 + encoder 768·2048 + positions 1024·2048 + 2 GPT-2 blocks of 12·w² + 13·w
+    # (w = 2048) + ln_f 2·2048 + decoder 2048·768 + classifier 768·106 + 106
+    w = 2048
+    expected = 85_798_656 + 768 * w + 1024 * w + 2 * (12 * w * w + 13 * w) + 2 * w + w * 768 + 768 * 106 + 106
+    assert sum(p.numel() for p in egtea.parameters()) == expected == 191_843_690
+    assert egtea.classifier[0].p == 0.2 and feats.classifier[0].p == 0.8 and feats.backbone is None
+    assert len(feats.predictor.blocks) == 12 and feats.predictor.blocks[0].attn.heads == 8 and feats.feat_dim == 2048
