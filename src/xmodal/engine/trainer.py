@@ -192,7 +192,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             loader = DataLoader(data.train, **loader_kw)
             micro = position // tc.batch_size
             remaining = steps_per_epoch * tc.grad_accum - micro
-            bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main, initial=micro // tc.grad_accum)
+            bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main and tc.progress, initial=micro // tc.grad_accum)
             wait, busy = 0.0, 0.0
             it = iter(loader)
             for _ in range(remaining):
