@@ -19,13 +19,18 @@ def test_import_then_validate(tmp_path, capsys):
     assert read_manifest(out / "manifest.jsonl")[0].video.startswith(str(tmp_path / "videos"))
     # the videos do not exist: one line per row, exit status 1
     rc = main(["validate", str(out / "manifest.jsonl")])
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert rc == 1
-    assert len(lines) == 11 and all("media file not found" in line for line in lines[:10])
-    assert lines[-1] == f"10 problem(s) in {out / 'manifest.jsonl'}"
+    assert len(lines) == 10 and all(line.startswith(f"{out / 'manifest.jsonl'}:") and "media file not found" in line for line in lines)
+    assert captured.err == f"10 problem(s) in {out / 'manifest.jsonl'}\n"
     rc = main(["validate", str(out), "--no-media", "--splits", "train", "test"])
+    captured = capsys.readouterr()
     assert rc == 0
-    assert capsys.readouterr().out.splitlines()[-1] == f"OK {out}: 10 rows; test 5, train 4, val 1; 4 labels"
+    assert captured.out == f"OK {out}: 10 rows; test 5, train 4, val 1; 4 labels\n"
+    assert "index.json" in captured.err  # not a prepared store: shard checks skipped, with a note
+    assert main(["validate", str(out), "--no-media", "--splits", "val", "pool"]) == 1
+    assert capsys.readouterr().out == f"{out / 'manifest.jsonl'}: split 'pool' has no rows (found: test, train, val)\n"
 
 
 def test_list_and_bool_options(tmp_path, capsys):

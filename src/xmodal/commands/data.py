@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -109,12 +110,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from xmodal.data.validate import validate
 
     result = validate(args.target, args.labels, check_media=args.check_media, expect_splits=args.splits, deep=args.deep)
+    # stdout: exactly one line per problem, or the one OK line; counts and notes go to stderr
     for problem in result.problems:
         print(problem)
     for note in result.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=sys.stderr)
     if result.problems:
-        print(f"{len(result.problems)} problem(s) in {args.target}")
+        print(f"{len(result.problems)} problem(s) in {args.target}", file=sys.stderr)
         return 1
     print(result.summary(args.target))
     return 0

@@ -2,9 +2,9 @@
 
 Files: `classInd.txt` ("1 ApplyEyeMakeup", 1-based), `trainlist0k.txt`
 ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1") and `testlist0k.txt` (no label: the class is the
-folder), k = 1, 2, 3. The official files have CRLF line ends; and the folder/file names of one
-class differ in case (`HandstandPushups/v_HandStandPushups_...`), so folder names are matched to
-classInd case-insensitively when there is no exact match.
+folder), k = 1, 2, 3. The official files have CRLF line ends, and file names need not match their
+class in case (`HandstandPushups/v_HandStandPushups_g01_c01.avi`): the class is always the folder,
+matched to classInd exactly, else case-insensitively (re-encoded copies with renamed folders).
 
 A sample's group is its UCF "gXX" group (clips of one group come from the same long video; the
 official folds split by group, and `val_groups` lets a held-out slice of train be made the same way,
