@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from xmodal.data.importers import Imported, media_path
 from xmodal.data.manifest import Label, ManifestRow
+from xmodal.data.text import ActionInfo, Segment, build_histories
 from xmodal.errors import DataError
 
 
-def actions_to_labels(actions: list, path: str) -> list[Label]:
-    """Action list (xmodal.data.text.ActionInfo) -> labels 0..K-1; ids must cover 0..K-1 once."""
+def actions_to_labels(actions: list[ActionInfo], path: str) -> list[Label]:
+    """Action list -> labels 0..K-1; ids must cover 0..K-1 once."""
     by_id = {}
     for a in actions:
         if a.id in by_id:
@@ -29,8 +30,8 @@ def actions_to_labels(actions: list, path: str) -> list[Label]:
 
 
 def segments_to_imported(
-    segments: list,
-    actions: list,
+    segments: list[Segment],
+    actions: list[ActionInfo],
     *,
     sources: dict[str, str],
     actions_path: str,
@@ -41,12 +42,10 @@ def segments_to_imported(
     max_gap: float | None,
     notes: list[str],
 ) -> Imported:
-    """Rows for `segments` (xmodal.data.text.Segment, split already set) with labels and histories.
+    """Rows for `segments` (split already set) with labels and histories.
 
     `sources` maps a split to the CSV its segments came from (for error messages).
     """
-    from xmodal.data.text import build_histories
-
     labels = actions_to_labels(actions, actions_path)
     info = {a.id: a for a in actions}
     for s in segments:

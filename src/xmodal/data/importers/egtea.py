@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from xmodal.data.importers import Imported, register_importer
 from xmodal.data.importers._segments import segments_to_imported
+from xmodal.data.text import read_egtea_actions, read_segments_csv
 
 
 @register_importer("egtea", help="EGTEA Gaze+ action csvs (training/validation + actions.csv)")
@@ -41,8 +42,6 @@ def import_egtea(
         max_gap: split histories at unannotated gaps longer than this (s), giving several candidates.
         val_split: split name of the validation csv rows (the reported evaluation set).
     """
-    from xmodal.data.text import read_egtea_actions, read_segments_csv
-
     segments = read_segments_csv(train_csv, "train", fps=fps) + read_segments_csv(val_csv, val_split, fps=fps)
     return segments_to_imported(
         segments, read_egtea_actions(actions), sources={"train": train_csv, val_split: val_csv},

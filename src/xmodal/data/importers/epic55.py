@@ -22,6 +22,7 @@ from dataclasses import replace
 from xmodal.data.importers import Imported, register_importer
 from xmodal.data.importers._common import numbered_lines
 from xmodal.data.importers._segments import segments_to_imported
+from xmodal.data.text import many_shot_actions, read_ek55_actions, read_many_shot, read_segments_csv
 from xmodal.errors import DataError
 
 
@@ -59,8 +60,6 @@ def import_epic55(
         max_gap: split histories at unannotated gaps longer than this (s), giving several candidates.
         val_split: split name of the validation rows (the reported evaluation set).
     """
-    from xmodal.data.text import many_shot_actions, read_ek55_actions, read_many_shot, read_segments_csv
-
     if val_csv is None and val_videos is None:
         raise DataError("epic55: give --val-csv and/or --val-videos (the validation split is carved from training.csv)")
     if (many_shot_verbs is None) != (many_shot_nouns is None):
