@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
-
-# Evaluation protocols beyond a method's own metrics register here: name -> fn(args, loaded_run) -> dict.
-EVAL_PROTOCOLS: dict[str, Callable] = {}
 
 
 def add_commands(sub, common) -> None:
@@ -20,7 +16,8 @@ def add_commands(sub, common) -> None:
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a trained run (or a recipe with --ckpt)",
-                       description="Evaluate a run folder with the method's own metrics, or with a protocol: " + ", ".join(sorted(EVAL_PROTOCOLS) or ["(method metrics)"]))
+                       description="Evaluate a run folder with the method's own metrics, or with a protocol "
+                       "(see xmodal/eval/protocols.py: e.g. linear, knn, retrieval, finetune).")
     e.add_argument("target", nargs="+", metavar="[PROTOCOL] RUN", help="optional protocol name, then a run folder or recipe")
     e.add_argument("--ckpt", default=None, help="weights file (safetensors or checkpoint); default: the run's final weights")
     e.add_argument("--split", default="test", help="split to evaluate (train, val, test or a data extra like pool)")
@@ -48,15 +45,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from xmodal.engine.evaluate import evaluate
     from xmodal.engine.runs import load_run
     from xmodal.errors import ConfigError, closest
+    from xmodal.eval.protocols import protocols
+
+    known = protocols()
 
     protocol, run = (None, args.target[0]) if len(args.target) == 1 else tuple(args.target[:2])
     if len(args.target) > 2:
         raise ConfigError(f"eval: expected [PROTOCOL] RUN, got {' '.join(args.target)}")
-    if protocol is not None and protocol not in EVAL_PROTOCOLS:
-        raise ConfigError(f"eval: unknown protocol '{protocol}'{closest(protocol, EVAL_PROTOCOLS)}; known: {', '.join(sorted(EVAL_PROTOCOLS)) or 'none'}")
+    if protocol is not None and protocol not in known:
+        raise ConfigError(f"eval: unknown protocol '{protocol}'{closest(protocol, known)}; known: {', '.join(sorted(known)) or 'none'}")
     loaded = load_run(run, ckpt=args.ckpt, overrides=args.overrides)
     if protocol is not None:
-        metrics = EVAL_PROTOCOLS[protocol](args, loaded)
+        metrics = known[protocol](args, loaded)
     else:
         ds = loaded.data.split(args.split)
         if ds is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xmodal.data.media import Frames, MediaError, _cut, _target_size, _win, probe
+from xmodal.data.media import Frames, MediaError, _cut, _drop_padding, _target_size, _win, probe
 from xmodal.errors import DataError
 
 
@@ -102,4 +102,10 @@ def decode_audio_tc(path, *, sample_rate, start, end, channel) -> np.ndarray:
         raise err from None
     x = samples.data.numpy()
     x = x[0] if channel == "first" else x.mean(0)
+    md = dec.metadata
+    if md.duration_seconds_from_header:
+        stream_end = float(md.begin_stream_seconds_from_header or 0) + float(md.duration_seconds_from_header)
+        end = _drop_padding(
+            end, float(samples.pts_seconds) + len(x) / sample_rate, stream_end, md.sample_rate
+        )
     return _cut(path, x, float(samples.pts_seconds), start, end, sample_rate)

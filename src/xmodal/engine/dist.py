@@ -104,8 +104,11 @@ def all_gather_nograd(x: torch.Tensor) -> list[torch.Tensor]:
     """Detached tensors from every rank, in rank order (own rank included)."""
     if world_size() == 1:
         return [x.detach()]
-    out = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(out, x.detach().contiguous())
+    src = x.detach().contiguous()
+    if src.dtype == torch.bool:  # gloo cannot gather bool tensors
+        return [t.bool() for t in all_gather_nograd(src.to(torch.uint8))]
+    out = [torch.empty_like(src) for _ in range(world_size())]
+    dist.all_gather(out, src)
     return out
 
 

@@ -18,7 +18,8 @@ from xmodal.registry import MODELS, register_method
 @dataclass
 class SupervisedConfig:
     name: str = "supervised"
-    input_key: str = "x"  # batch key the model reads (e.g. "video", "audio", "x2")
+    input_key: str = "x"  # batch key the model reads (e.g. "video", "fbank", "x2")
+    label_key: str = "label"  # e.g. "audio_label" for an audio teacher trained on its own modality
     model: Any = registered("models")
     label_smoothing: float = 0.0
 
@@ -55,7 +56,7 @@ class Supervised(Method):
 
     def training_step(self, batch: dict) -> LossOut:
         logits = self._logits(batch)
-        label = batch["label"]
+        label = batch[self.cfg.label_key]
         if self.info.multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, label.float())
         else:
@@ -64,3 +65,6 @@ class Supervised(Method):
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self._logits(batch)
+
+    def eval_step(self, batch: dict) -> dict:
+        return {"logits": self.predict(batch).float(), "label": batch[self.cfg.label_key]}
