@@ -62,6 +62,16 @@ def test_bad_corpus_every_good_clip_prepared_every_bad_rejected(corpus, referenc
     k4 = next(s for side in _sidecars(out) for s in side["samples"] if s["uid"] == "k4")
     assert k4["video"]["frames"] == 2 and (k4["video"]["height"], k4["video"]["width"]) == (2160, 3840)
     assert (out / "labels.csv").read_text().splitlines()[1] == "0,red,red"
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+    assert row["video"] == row["audio"] == "shards/shard-000000.tar" and row["group"] == "g0"
+
+
+def test_store_passes_xmodal_validate(reference):
+    from xmodal.data.validate import validate
+
+    v = validate(reference[0], deep=True)
+    assert v.problems == [] and v.rows == 9 and v.shards == 5
+    assert not any("no uids" in n for n in v.notes)  # uid coverage was checked
 
 
 def test_stored_frames_and_audio_equal_direct_decoding(corpus, reference):
