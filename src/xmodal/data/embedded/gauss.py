@@ -114,6 +114,26 @@ def make_run(setting: str, param: int, seed: int, n_train: int = 200, n_test: in
     return train, test, lay
 
 
+@dataclass
+class Table2Draw:
+    """One run of the Table-2 protocol (specs/mfh.md §9)."""
+
+    train_a: GaussSplit  # regular teacher + Algorithm 1
+    test: GaussSplit
+    train_b: GaussSplit  # students and the reduced teacher
+    layout: GaussLayout
+
+
+def table2_run(k: int, run: int, n_train: int = 200, n_test: int = 1000, seed_base: int = 42) -> Table2Draw:
+    """Setting T, one generator seeded ``seed_base + run``: train set A, then test, then train set B."""
+    lay = layout("T", k)
+    rng = np.random.default_rng(seed_base + run)
+    a = hyperplane("T", rng)
+    train_a = draw(lay, a, n_train, rng)
+    test = draw(lay, a, n_test, rng)
+    return Table2Draw(train_a, test, draw(lay, a, n_train, rng), lay)
+
+
 @register_dataset("gauss")
 def gauss_data(setting: str = "G", param: int = 10, seed: int = 0, n_train: int = 200, n_test: int = 1000) -> DataBundle:
     """Both modalities as batch keys `x1` (teacher side) and `x2` (student side)."""
