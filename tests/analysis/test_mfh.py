@@ -34,7 +34,7 @@ def _mlp(d_in, hidden, c, seed):
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, c))
 
 
-@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+@pytest.mark.parametrize("kind", ["linear", "mlp", "mlp-callable", "conv"])
 def test_batched_permutations_equal_the_per_channel_loop(kind):
     g = torch.Generator().manual_seed(0)
     if kind == "conv":  # a place with spatial extent: channel i of [B, D, H, W] is permuted as a whole
@@ -43,6 +43,8 @@ def test_batched_permutations_equal_the_per_channel_loop(kind):
     else:
         feats = torch.randn(12, 6, generator=g)
         head = nn.Linear(6, 3) if kind == "linear" else _mlp(6, 16, 3, 0)
+        if kind == "mlp-callable":  # not an nn.Sequential: the generic [P·B, D] stack path
+            head = (lambda m: lambda h: m(h))(head)
     target = torch.randn(12, 3, generator=g)
     d, m = feats.shape[1], 4
     with torch.no_grad():

@@ -87,7 +87,7 @@ def test_diagnostic_verdicts_flip_between_gamma_0_and_1():
         draws = [gauss.make_run("G", o, s) for s in seeds]
         x1, x2, y = ms._stack([d[0] for d in draws])
         teacher = ms._teacher(x1, y, seeds, ms.TrainConfig())
-        f_b = ms.algorithm1(x1, x2, y, seeds, ms.Alg1Config(repeats=30)).f_b
+        f_b = ms.algorithm1(x1, x2, y, seeds, ms.Alg1Config(), saliency=False).f_b
         verdicts[o] = [mfh.kd_verdict(r) for r in ms.diagnose(teacher, f_b, x1, x2, seeds, ms.Alg1Config(repeats=30))]
     # seen per run: γ̂ ≤ 0.29 at o = 0; ≥ 0.37 at o = 10 (means 0.16 vs 0.77)
     assert sum(not v.helps for v in verdicts[0]) == 10

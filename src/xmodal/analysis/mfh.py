@@ -77,7 +77,8 @@ def joint_pretrain(
     Neither side is detached in the MSE term: the two nets are pulled towards each other.
     `data` is either a tuple ``(x_a, x_b, y)`` (full-batch steps, the gauss protocol) or an iterable
     of batches (tuples or dicts read with `keys`), cycled until `steps` optimiser steps are done.
-    The default optimiser is the reference's SGD(lr 0.01, momentum 0.9).
+    The default optimiser is the reference's SGD(lr 0.01, momentum 0.9). Both nets are left in
+    eval mode.
     """
     params = list(f_a.parameters()) + list(f_b.parameters())
     opt = optimizer(params) if optimizer is not None else torch.optim.SGD(params, lr=lr, momentum=momentum)
@@ -189,15 +190,20 @@ def _dist(a: Tensor, b: Tensor, kind: str) -> Tensor:
 def permuted_logits(head: Callable[[Tensor], Tensor], x: Tensor, channels: Tensor, perms: Tensor, base: Tensor | None = None) -> Tensor:
     """head(x with channel channels[p] replaced by x[perms[p], channels[p]]) for all p at once.
 
-    x [B, D, *rest], channels [P], perms [P, B] -> logits [P, B, C]. For an `nn.Linear` head only
-    one input column changes, so logits = base + (x_perm − x)·W[:, i] without building the stack.
+    x [B, D, *rest], channels [P], perms [P, B] -> logits [P, B, C]. Exact shortcuts where only
+    one input column changes: an `nn.Linear` head gives base + (x_perm − x)·W[:, i] without
+    building the [P, B, D] stack, and an `nn.Sequential` that starts with one applies that update
+    to its first layer and runs the rest on the [P·B, H] pre-activations.
     """
     p, b = perms.shape
     moved = x[perms, channels[:, None]]  # [P, B, *rest]
-    if isinstance(head, nn.Linear) and x.ndim == 2:
+    if x.ndim == 2 and isinstance(head, nn.Linear):
         base = head(x) if base is None else base
         delta = moved - x[:, channels].T  # [P, B]
-        return base[None] + delta[..., None] * head.weight[:, channels].T[:, None, :]
+        return torch.addcmul(base[None], delta[..., None], head.weight[:, channels].T[:, None, :])
+    if x.ndim == 2 and isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], nn.Linear):
+        pre = permuted_logits(head[0], x, channels, perms)
+        return head[1:](pre.flatten(0, 1)).reshape(p, b, -1)
     stack = x.unsqueeze(0).repeat(p, *([1] * x.ndim))
     stack[torch.arange(p, device=x.device)[:, None], torch.arange(b, device=x.device)[None], channels[:, None]] = moved
     return head(stack.flatten(0, 1)).reshape(p, b, -1)
@@ -225,7 +231,7 @@ def modality_general_saliency(
     generator: torch.Generator | None = None,
     permutations: str = "composed",
     calibrate: bool = False,
-    chunk_elems: int = 1 << 24,
+    chunk_elems: int = 1 << 20,
 ) -> SaliencyResult:
     """Algorithm 1 steps 2-3: permutation saliency of every channel of a teacher place.
 

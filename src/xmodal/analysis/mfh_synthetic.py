@@ -139,8 +139,9 @@ def _saliency(head: LinearBank, x: torch.Tensor, target: torch.Tensor, run_seeds
     ]
 
 
-def algorithm1(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, run_seeds: list[int], cfg: Alg1Config) -> Alg1Out:
-    """Joint pretraining of (f_a on x1, f_b on x2) per run, then saliency of f_a's input channels."""
+def algorithm1(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, run_seeds: list[int], cfg: Alg1Config, *, saliency: bool = True) -> Alg1Out:
+    """Joint pretraining of (f_a on x1, f_b on x2) per run, then (if `saliency`) the saliency of
+    f_a's input channels; without it only the nets are returned (the γ̂ diagnostic needs f_b)."""
     f_a, f_b = fit_joint(
         x1,
         x2,
@@ -152,7 +153,7 @@ def algorithm1(x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, run_seeds: l
         momentum=cfg.momentum,
         mse_weight=cfg.mse_weight,
     )
-    return Alg1Out(f_a, f_b, _saliency(f_a, x1, f_b.logits(x2), run_seeds, cfg, calibrate=False))
+    return Alg1Out(f_a, f_b, _saliency(f_a, x1, f_b.logits(x2), run_seeds, cfg, calibrate=False) if saliency else [])
 
 
 def diagnose(teacher: LinearBank, f_b: LinearBank, x1: torch.Tensor, x2: torch.Tensor, run_seeds: list[int], cfg: Alg1Config) -> list[mfh.SaliencyResult]:
@@ -202,8 +203,9 @@ def sweep(setting: str, params: tuple[int, ...], *, n_runs: int = 10, seed: int 
     teacher = _teacher(x1, y, seeds, cfg)
     ghat = None
     if acfg.diagnose:
-        ghat = torch.tensor(gamma_hat(teacher, algorithm1(x1, x2, y, seeds, acfg).f_b, x1, x2, seeds, acfg)).view(len(params), n_runs)
+        ghat = torch.tensor(gamma_hat(teacher, algorithm1(x1, x2, y, seeds, acfg, saliency=False).f_b, x1, x2, seeds, acfg)).view(len(params), n_runs)
     # x2 and y do not depend on the sweep parameter at a fixed seed: students share them per run
+    assert bool((x2.view(len(params), n_runs, *x2.shape[1:]) == x2[:n_runs]).all()), "x2 varies with the sweep parameter"
     no_kd, *kd = _students(x2[:n_runs], y[:n_runs], list(teacher.logits(x1).split(n_runs)), runs, cfg)
     acc_t = teacher.accuracy(t1, ty).view(len(params), n_runs)
     acc_0 = no_kd.accuracy(t2[:n_runs], ty[:n_runs])
@@ -307,7 +309,7 @@ def table2(
     t1, t2, ty = _stack([d.test for d in draws])
     regular = _teacher(a1, ay, seeds, cfg)
     need_alg1 = "algorithm1" in selections or acfg.diagnose
-    alg = algorithm1(a1, a2, ay, seeds, acfg) if need_alg1 else None
+    alg = algorithm1(a1, a2, ay, seeds, acfg, saliency="algorithm1" in selections) if need_alg1 else None
     ghat = torch.tensor(gamma_hat(regular, alg.f_b, a1, a2, seeds, acfg)) if alg is not None and acfg.diagnose else None
     # selected channels per (selection, k, run), zero-padded to kmax
     kmax = max(ks)

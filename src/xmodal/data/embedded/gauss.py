@@ -12,6 +12,9 @@ Settings:
 
 All noise is drawn before latents are copied in, so at one seed x2 and y do not depend on the
 setting parameter (the no-KD baseline is flat across a sweep).
+
+`make_run` follows the G/A protocol (seed → a → train; reseed seed + 1 → test); `table2_run` the
+Table-2 one (one generator seeded 42 + run draws train set A, the test set, then train set B).
 """
 
 from __future__ import annotations
