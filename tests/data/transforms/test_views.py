@@ -187,3 +187,29 @@ def test_view_configs_load_from_dicts():
                              "audio": {"gain": None, "specaugment": {"freq_width": 2, "style": "gdt"}}})  # fmt: skip
     assert v.video.resize_range == (36, 40) and v.audio.gain is None and v.audio.specaugment.style == "gdt"
     assert from_dict(CavmaeAugment, {"specaugment": None, "mixup": {"p": 0.0}}).specaugment is None
+
+
+def test_with_the_real_front_ends():
+    from functools import partial
+
+    from xmodal.data.fbank import LogFbankConfig, cavmae_fbank, center_waveform, kaldi_fbank, logfbank
+    from xmodal.data.transforms import mix_waveforms
+
+    g = torch.Generator().manual_seed(0)
+    # GDT: 2 s of int16-range audio at 24 kHz, 30 fps video
+    views = GDTViews(video=clip_preset("gdt_pretrain", size=16, resize=(18, 20)))
+    video = _video(n=60)
+    wave = (torch.randn(48000, generator=g) * 3000).round()
+    gen = sample_generator(9)
+    w1, w2 = views.windows(60, gen)
+    a1, a2 = (views.audio_window(w, 24000, wave.shape[0]) for w in (w1, w2))
+    assert a1.length == 24000 and a1.start == w1.start * 800
+    to_spec = partial(logfbank, cfg=LogFbankConfig(nfilt=40))
+    s = views(video[w1.indices()], video[w2.indices()], a1.take(wave), a2.take(wave), to_spec, gen)
+    assert s.a.shape == (1, 40, 99) and torch.isfinite(s.a).all()
+    # CAV-MAE: eval path equals the fbank module's own pipeline; mixup keeps shapes
+    w = torch.randn(160000, generator=g) * 0.1
+    aug = CavmaeAugment()
+    torch.testing.assert_close(aug.fbank(kaldi_fbank(center_waveform(w)), None, train=False), cavmae_fbank(w))
+    mixed = mix_waveforms(w, torch.randn(120000, generator=g) * 0.1, 0.4)
+    assert aug.fbank(kaldi_fbank(mixed), sample_generator(0), train=True).shape == (1024, 128)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Generator, Tensor
 
+from xmodal.data.fbank import CAVMAE_FRAMES, CAVMAE_MEAN, CAVMAE_STD, pad_or_cut
 from xmodal.errors import ConfigError, closest
 
 from .audio import SpecAugment, gdt_specaugment, noise_roll, volume_gain
@@ -30,8 +31,6 @@ KINETICS_MEAN = (0.4345, 0.4051, 0.3775)  # CCL's normalisation (Kinetics statis
 KINETICS_STD = (0.2768, 0.2713, 0.2737)
 GDT_MEAN = (0.45, 0.45, 0.45)
 GDT_STD = (0.225, 0.225, 0.225)
-CAVMAE_FBANK_MEAN = -5.081  # AudioSet/VGGSound fbank statistics (divide by std, not 2 std)
-CAVMAE_FBANK_STD = 4.4849
 
 
 # ------------------------------------------------------------------------------------- presets
@@ -144,7 +143,7 @@ class AudioSpec:
             wave = volume_gain(wave, gen, *self.gain)
         spec = to_spec(wave)
         if n_frames is not None:
-            spec = AudioWindow(0, n_frames).take(spec, -1)  # zeros in the log domain, as GDT pads
+            spec = pad_or_cut(spec, n_frames, dim=-1)  # zeros in the log domain, as GDT pads
         if self.spec_mean is not None:
             spec = (spec - self.spec_mean) / self.spec_std
         spec = spec[None]
@@ -174,7 +173,8 @@ class GDTViews:
         w1, w2 = views.windows(n_frames, gen)
         aw = [views.audio_window(w, sample_rate, n_samples) for w in (w1, w2)]
         sample = views(frames[w1.indices()], frames[w2.indices()], aw[0].take(wave), aw[1].take(wave), to_spec, gen)
-    `to_spec` maps a waveform [S] to a log-mel [F, T] (frequency first), e.g. logfbank with nfilt 40.
+    `to_spec` maps a waveform [S] to a log-mel [F, T] (frequency first), e.g.
+    ``functools.partial(xmodal.data.fbank.logfbank, cfg=LogFbankConfig(nfilt=40))`` at 24 kHz.
     """
 
     frames: int = 30
@@ -260,15 +260,16 @@ class CavmaeAugment:
     mixup p=0 (noise stays on). Per-sample flow in a dataset:
 
         draw = aug.mixup.draw(len(dataset), gen)                   # partner index or None, λ
-        wave = mix_waveforms(w, w_partner, draw.lam) if draw.partner is not None else w - w.mean()
+        wave = mix_waveforms(w, w_partner, draw.lam) if draw.partner is not None else center_waveform(w)
         fbank = aug.fbank(kaldi_fbank(wave), gen, train=True)     # [1024, 128] normalised
+    (`kaldi_fbank`, `center_waveform` from `xmodal.data.fbank`; eval: train=False, gen None.)
         image = aug.image.image(frame)  (mixed: mix(img, img_partner, draw.lam))
         label = aug.mixup.labels(y, y_partner, draw.lam)          # multi-hot -> smoothed/mixed
     """
 
-    target_frames: int = 1024
-    norm_mean: float = CAVMAE_FBANK_MEAN
-    norm_std: float = CAVMAE_FBANK_STD
+    target_frames: int = CAVMAE_FRAMES
+    norm_mean: float = CAVMAE_MEAN
+    norm_std: float = CAVMAE_STD
     specaugment: SpecAugment | None = field(default_factory=SpecAugment)
     noise: bool = True
     mixup: Mixup = field(default_factory=Mixup)
@@ -277,7 +278,7 @@ class CavmaeAugment:
     def fbank(self, fbank: Tensor, gen: Generator | None, *, train: bool) -> Tensor:
         """Log-mel [frames, mel] -> pad (zero rows) / cut to target_frames -> (train) SpecAugment
         in the log domain -> (x - mean) / std -> (train) noise + roll."""
-        x = AudioWindow(0, self.target_frames).take(fbank, -2)
+        x = pad_or_cut(fbank, self.target_frames, dim=-2)
         if train and (self.specaugment is not None or self.noise):
             assert gen is not None, "training augmentation needs a torch.Generator"
         if train and self.specaugment is not None:
