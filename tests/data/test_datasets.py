@@ -205,3 +205,23 @@ def test_store_data_source_from_yaml_and_errors(timecode_store, tmp_path):
         StoreDataset(timecode_store, "train", StoreOptions(keys=["vidoe"]))
     with pytest.raises(ConfigError, match="must be deterministic"):
         StoreDataset(timecode_store, "test", _opts(video_eval="ccl_train"), train=False)
+
+
+def test_bench_data_reports_loader_rate_and_data_wait(timecode_store, tmp_path, capsys):
+    from xmodal.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: bench
+method: {{name: supervised, input_key: video, model: {{name: tiny_video, num_classes: 2, widths: [4, 8]}}}}
+data: {{name: store, root: {timecode_store}, keys: [video, label], clip: {{frames: 4}},
+        video_train: {{size: 16, crop: random}}, video_eval: {{size: 16}}}}
+optim: {{name: sgd, lr: 0.01}}
+train: {{batch_size: 2, num_workers: 0}}
+""")
+    assert main(["bench", "data", str(recipe), "--batches", "2", "--steps", "2", "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "loader" in lines[0] and "samples/s (batch 2, 0 workers)" in lines[0]
+    assert "data-wait share of a train step" in lines[1] and "windows:" in lines[1]
+    rows = [r for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
+    assert len(rows) == 2  # two log windows: start-up and steady state

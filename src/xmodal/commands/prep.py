@@ -145,6 +145,10 @@ def bench_data(recipe: str, overrides: list[str], *, batches: int = 20, steps: i
     from xmodal.engine.trainer import train
     from xmodal.registry import DATASETS
 
+    from xmodal.errors import ConfigError
+
+    if batches < 1 or steps < 0:
+        raise ConfigError(f"bench data: --batches must be >= 1 and --steps >= 0, found {batches} and {steps}")
     cfg = load_config(recipe, overrides)
     tc = cfg.train
     data = DATASETS.build(cfg.data)
