@@ -265,3 +265,51 @@ def test_cli_prep_prints_summary(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["prep", str(src), "--out", str(tmp_path / "s"), "--part", "3/2"])
     assert "expected i/N with 0 <= i < N" in capsys.readouterr().err
+
+
+def test_videos_stored_as_images(tmp_path):
+    from PIL import Image
+
+    from xmodal.data.manifest import ManifestRow, write_labels, write_manifest
+    from xmodal.data.media import write_av
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (10, 12, 20, 3), dtype=np.uint8)
+    (tmp_path / "folder").mkdir()
+    for k in range(6):  # frame_2 < frame_10 by number, not by text
+        Image.fromarray(imgs[k]).save(tmp_path / "folder" / f"frame_{k * 4}.png")
+    cav = []
+    for k in range(10):
+        (tmp_path / f"frame_{k}").mkdir()
+        if k != 3:  # CAV-MAE rule: a missing frame takes the nearest earlier one
+            Image.fromarray(imgs[k]).save(tmp_path / f"frame_{k}" / "clip.png")
+        cav.append(f"frame_{k}/clip.png")
+    write_av(tmp_path / "clip.wav", None, 1, np.zeros(16000 * 3, np.float32), 16000)
+    (tmp_path / "nothing").mkdir()
+    rows = [
+        ManifestRow("cav", "train", [0], audio="clip.wav", meta={"frames": cav}),
+        ManifestRow("folder", "train", [0], video="folder", audio="clip.wav", meta={"fps": 4}),
+        ManifestRow("empty", "train", [0], video="nothing", audio="clip.wav"),
+    ]
+    write_manifest(rows, tmp_path / "manifest.jsonl")
+    write_labels(["a"], tmp_path / "labels.csv")
+    r = prepare(tmp_path / "manifest.jsonl", tmp_path / "s", PrepConfig(short_side=0, frame_format="npy", workers=1),
+                progress=False)  # fmt: skip
+    assert r.prepared == 2 and r.rejected == {"no_video": 1}
+    (side,) = _sidecars(tmp_path / "s")
+    reader, shard = ShardReader(), tmp_path / "s" / "shards" / side["shard"]
+    got = {}
+    for s in side["samples"]:
+        v = s["video"]
+        got[s["uid"]] = (v, read_npy_frames(reader, shard, v["data_offset"], (v["frames"], 12, 20, 3), np.arange(v["frames"])))
+    v, frames = got["cav"]
+    assert v["times"] == [float(k) for k in range(10)] and v["fps"] == 1.0  # 1 fps without meta.fps
+    np.testing.assert_array_equal(frames, imgs[[0, 1, 2, 2, 4, 5, 6, 7, 8, 9]])
+    v, frames = got["folder"]  # select: 6 frames at 4 fps -> int(i * 6 / 10)
+    np.testing.assert_array_equal(frames, imgs[[0, 0, 1, 1, 2, 3, 3, 4, 4, 5]])
+    dense = prepare(tmp_path / "manifest.jsonl", tmp_path / "d", PrepConfig(video="dense", short_side=6, workers=1),
+                    progress=False)  # fmt: skip
+    (side,) = _sidecars(tmp_path / "d")
+    v = next(s["video"] for s in side["samples"] if s["uid"] == "folder")
+    assert (v["frames"], v["height"], v["width"], v["fps"]) == (6, 6, 10, 4.0)
+    assert dense.prepared == 1 and "need a frame rate" in side["rejects"][0]["detail"]  # dense: no 1 fps guess

@@ -43,7 +43,11 @@ class Rejected:
 
 
 def prepare_row(row: ManifestRow, base_dir: str, cfg) -> Prepared | Rejected:
-    """Decode, check and encode one row; every failure is a `Rejected`, never an exception."""
+    """Decode, check and encode one row; every failure is a `Rejected`, never an exception.
+
+    Video comes from a media file or from images (see `xmodal.data._prep_images`); audio from
+    `row.audio`, else from the video file.
+    """
     base = Path(base_dir)
     try:
         return _prepare(row, base, cfg)
@@ -74,23 +78,29 @@ def _prepare(row: ManifestRow, base: Path, cfg) -> Prepared | Rejected:
             probes[str(path)] = probe(path)
         return probes[str(path)]
 
+    from xmodal.data._prep_images import image_sequence, video_from_images
+
     video = frames = None
+    media_video = row.video is not None  # a media file (not frames stored as images)
     if cfg.video != "none":
         required = "video" in cfg.require
-        if row.video is None:
-            if required:
-                return Rejected(row.uid, "", "no_video", "the manifest row names no video file")
-        else:
-            try:
+        try:
+            seq = image_sequence(row, base)
+            media_video = row.video is not None and seq is None
+            if seq is not None:
+                frames, video = video_from_images(seq, start, end, cfg)
+            elif row.video is not None:
                 frames, video = _video(_resolve(row.video, base), info, start, end, cfg)
-            except MediaError:
-                if required:
-                    raise
-                log.debug("%s: optional video unusable, stored without it", row.uid, exc_info=True)
+            elif required:
+                return Rejected(row.uid, "", "no_video", "the manifest row names no video file or frames")
+        except MediaError:
+            if required:
+                raise
+            log.debug("%s: optional video unusable, stored without it", row.uid, exc_info=True)
     wave = audio = None
     if cfg.audio:
         required = "audio" in cfg.require
-        apath = row.audio or row.video
+        apath = row.audio or (row.video if media_video else None)
         if apath is None:
             if required:
                 return Rejected(row.uid, "", "no_audio", "the manifest row names no audio file")
@@ -227,6 +237,7 @@ def _preload(cfg) -> None:
 
     if cfg.video == "select":
         import xmodal.data.transforms.sampling  # noqa: F401
+    import PIL.Image  # noqa: F401 - frames stored as images
 
 
 def _child(conn, row, base_dir, cfg) -> None:
