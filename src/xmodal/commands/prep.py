@@ -143,9 +143,8 @@ def bench_data(recipe: str, overrides: list[str], *, batches: int = 20, steps: i
     from xmodal.engine.dist import ResumableSampler
     from xmodal.engine.logging import read_metrics
     from xmodal.engine.trainer import train
-    from xmodal.registry import DATASETS
-
     from xmodal.errors import ConfigError
+    from xmodal.registry import DATASETS
 
     if batches < 1 or steps < 0:
         raise ConfigError(f"bench data: --batches must be >= 1 and --steps >= 0, found {batches} and {steps}")
