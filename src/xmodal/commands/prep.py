@@ -159,13 +159,18 @@ def bench_data(recipe: str, overrides: list[str], *, batches: int = 20, steps: i
             data.train.set_epoch(epoch)
         loader = DataLoader(data.train, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
                             collate_fn=data.collate or collate, drop_last=tc.drop_last)  # fmt: skip
+        got = 0
         for _batch in loader:
+            got += 1
             if t0 is None:  # the first batch pays for worker start-up
                 t0, n = time.perf_counter(), 0
                 continue
             n += 1
             if n >= batches:
                 break
+        if not got:
+            raise ConfigError(f"bench data: the training loader of {recipe} yields no batch (batch_size "
+                              f"{tc.batch_size} > {len(data.train)} samples with drop_last)")  # fmt: skip
         epoch += 1
     rate = n * tc.batch_size / (time.perf_counter() - t0)
     del _batch  # frees the last batch before training
