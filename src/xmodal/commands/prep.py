@@ -33,10 +33,13 @@ _PREP_HELP = {
 def _add_config_flags(p: argparse.ArgumentParser, cls: type) -> None:
     """One --flag per PrepConfig field (default: the dataclass default, left unset here)."""
     hints = typing.get_type_hints(cls)
+    defaults = cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        kw: dict = {"dest": f"cfg_{f.name}", "default": None, "help": _PREP_HELP.get(f.name)}
+        default = getattr(defaults, f.name)
+        shown = " ".join(default) if isinstance(default, list) else default
+        kw: dict = {"dest": f"cfg_{f.name}", "default": None, "help": f"{_PREP_HELP.get(f.name, '')} (default: {shown})"}
         if typing.get_origin(tp) is typing.Literal:
             kw["choices"] = list(typing.get_args(tp))
         elif tp is bool:
@@ -44,7 +47,7 @@ def _add_config_flags(p: argparse.ArgumentParser, cls: type) -> None:
         elif typing.get_origin(tp) is list:
             kw.update(nargs="+", choices=["video", "audio"])
         else:
-            kw["type"] = tp
+            kw.update(type=tp, metavar=f.name.split("_")[-1].upper())
         p.add_argument(flag, **kw)
 
 
