@@ -96,6 +96,15 @@ def test_eval_uniform_windows_counts_and_groups(timecode_store):
         starts = _frame_ids(b["video"][rows])[:, 0].tolist()
         assert starts == [k * m // 3 for k in range(3)]  # floor(k (n - span) / N)
         assert b["window"][rows].tolist() == [0, 1, 2]
+    for train in (True, False):  # the last window (anticipation: frames just before the segment ends)
+        clip = ClipConfig(frames=6, stride=2, window_mode="last", train_mode="last")
+        last = StoreDataset(timecode_store, "test", _opts(clip=clip), train=train)
+        b = last.__getitems__(list(range(len(last))))
+        assert len(last) == 6
+        for uid, row in zip(b["uid"], _frame_ids(b["video"])):
+            n = LENGTHS[uid.removesuffix("_t")]
+            start = max(0, n - 11)
+            np.testing.assert_array_equal(row, start + 2 * (np.arange(6) % min(6, -(-(n - start) // 2))))
     cover = StoreDataset(timecode_store, "test", _opts(clip=ClipConfig(frames=6, window_mode="cover")), train=False)
     per_video = {u: cover.groups().count(u) for u in set(cover.groups())}
     assert per_video == {u: -(-LENGTHS[u.removesuffix("_t")] // 6) for u in per_video}  # ceil(n / T)

@@ -68,8 +68,14 @@ class Pipeline:
     def n_eval_views(self) -> int:
         return self.video_t.n_views
 
+    def _last(self, n_frames: int) -> T.ClipWindow:
+        c = self.opt.clip
+        return T.ClipWindow(max(0, n_frames - (c.frames - 1) * c.stride - 1), c.frames, c.stride, n_frames)
+
     def eval_windows(self, n_frames: int) -> list[T.ClipWindow]:
         c = self.opt.clip
+        if c.window_mode == "last":
+            return [self._last(n_frames)]
         count = None if c.window_mode == "cover" else c.windows
         return T.uniform_windows(n_frames, c.frames, c.stride, count=count, mode=c.window_mode)
 
@@ -78,6 +84,8 @@ class Pipeline:
             return None
         c = self.opt.clip
         if self.train:
+            if c.train_mode == "last":
+                return self._last(s.num_frames)
             return T.train_window(s.num_frames, c.frames, c.stride, gen=gen)
         return self.eval_windows(s.num_frames)[item.window]
 

@@ -6,8 +6,8 @@ and is augmented with a generator seeded by (seed, epoch, i). So a sample is the
 the number of DataLoader workers or ranks, and a resumed run sees the same data.
 
 Per sample (train roles):
-  1. clip window: T frames every `stride` from a uniform start (`transforms.train_window`);
-     loop-padded when the video is shorter;
+  1. clip window: T frames every `stride` from a uniform start (`transforms.train_window`), or
+     the last such window (`clip.train_mode: last`); loop-padded when the video is shorter;
   2. image frame: CAV-MAE rule (`transforms.cavmae_frame_index`: uniform at train, middle at
      eval), the middle, or a uniform stored frame;
   3. mixup draw (partner index and λ) when `mixup` is set;
@@ -58,7 +58,10 @@ class ClipConfig:
     frames: int = 16  # T
     stride: int = 1
     windows: int = 1  # eval: windows per video (mode "cover" derives the count from the length)
-    window_mode: Literal["spread", "even", "cover"] = "spread"  # see transforms.uniform_windows
+    # eval windows: spread / even / cover (see transforms.uniform_windows), or "last": the final
+    # window only (anticipation: the frames just before the observed segment ends)
+    window_mode: Literal["spread", "even", "cover", "last"] = "spread"
+    train_mode: Literal["random", "last"] = "random"  # train window: uniform start, or the last one
 
 
 @dataclass
