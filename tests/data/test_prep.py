@@ -316,3 +316,39 @@ def test_videos_stored_as_images(tmp_path):
     v = next(s["video"] for s in side["samples"] if s["uid"] == "folder")
     assert (v["frames"], v["height"], v["width"], v["fps"]) == (6, 6, 10, 4.0)
     assert dense.prepared == 1 and "need a frame rate" in side["rejects"][0]["detail"]  # dense: no 1 fps guess
+
+
+def test_ccl_hdf5_frame_archive_is_prepared(tmp_path):
+    """CCL's reference video storage: one HDF5 per video, dataset "video" of JPEG bytes per frame."""
+    h5py = pytest.importorskip("h5py")
+    from PIL import Image
+
+    from xmodal.data.manifest import ManifestRow, write_manifest
+
+    frames = np.stack([np.full((24, 32, 3), 20 * i, np.uint8) for i in range(6)])
+    blobs = []
+    for f in frames:
+        buf = __import__("io").BytesIO()
+        Image.fromarray(f).save(buf, format="JPEG", quality=95)
+        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    path = tmp_path / "v_Test_g01_c01.hdf5"
+    with h5py.File(path, "w") as h:
+        ds = h.create_dataset("video", (len(blobs),), dtype=h5py.vlen_dtype(np.uint8))
+        for i, b in enumerate(blobs):
+            ds[i] = b
+    (tmp_path / "broken.hdf5").write_bytes(b"not an hdf5 file")
+    rows = [ManifestRow(uid="v1", split="train", labels=[0], video=path.name, meta={"fps": 25.0}),
+            ManifestRow(uid="v2", split="train", labels=[0], video="broken.hdf5", meta={"fps": 25.0})]
+    write_manifest(rows, tmp_path / "manifest.jsonl")
+    cfg = PrepConfig(video="dense", short_side=0, audio=False, require=["video"], shard_size=4, workers=1)
+    res = prepare(load_source(tmp_path / "manifest.jsonl"), tmp_path / "store", cfg, progress=False)
+    (side,) = _sidecars(tmp_path / "store")
+    (s,) = side["samples"]
+    assert s["uid"] == "v1" and s["video"]["frames"] == 6
+    v = s["video"]
+    got = read_npy_frames(ShardReader(), tmp_path / "store" / "shards" / side["shard"], v["data_offset"],
+                          (v["frames"], v["height"], v["width"], 3), np.arange(v["frames"]))
+    assert got.shape == (6, 24, 32, 3) and np.abs(got.astype(int) - frames).max() <= 3
+    rejects = [json.loads(ln) for ln in (tmp_path / "store" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["uid"], r["reason"]) for r in rejects] == [("v2", "corrupt")]
+    assert res.prepared == 1
