@@ -3,8 +3,8 @@
 With ``gather=True`` each rank concatenates the embeddings of all ranks with
 `xmodal.engine.dist.all_gather_with_grad`, so every rank computes the same full-batch loss; the
 gather's backward sums the gradients of the W identical copies and DDP's averaging then yields
-exactly the single-process full-batch gradient. (CAV-MAE's one-direction variant lives with its
-method.)
+exactly the single-process full-batch gradient. (CAV-MAE's one-direction variant is
+`cavmae_contrastive` in losses/mae.py.)
 """
 
 from __future__ import annotations
