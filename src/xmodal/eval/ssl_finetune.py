@@ -4,25 +4,28 @@ Model: the pretrained trunk (``method.video_encoder()``: GDT's R(2+1)D, STiCA's 
 + ``LinearClassifier`` (orthogonal init, zero bias). SGD momentum 0.9, wd 0.005, batch 32,
 head lr 0.0025 and trunk lr 0.00025; per-epoch schedule: warm-up multiplier 8 over 2 epochs
 (factor 1 + 7·e/2 at epoch e < 2, then 8), × 0.05 at epochs 6 and 10, 12 epochs.
+``freeze_trunk`` trains only the linear layer through the same pipeline (the reference's
+"feature-extract" linear evaluation).
 
-Train: each epoch draws ``train_clips`` (10) random clips of ``clip_frames`` (32) frames per video;
-RandomResizedCrop ``crop`` (128, scale (0.14, 1)), h-flip, colour jitter with p 0.8 (brightness,
-contrast, saturation 0.4, random order, same on every frame), normalise 0.45/0.225.
-Test (deterministic, §8.8): ``test_clips`` (10) uniformly spaced clips, start_k = floor(k (n − L) /
-10), × ``test_crops`` (3) crops of ``crop`` px (left/centre/right along the long side) after
-resizing the short side to ``crop``; video score = mean of the 30 views' logits. Reports video
-top-1/top-5 and per-view (clip) top-1 of the last epoch (§6: the reference picks the best epoch on
-test; we do not). Folds are averaged when a recipe names several.
+Train: ``train_clips`` (10) random clips of ``clip_frames`` (32) frames per video and epoch with
+the ``gdt_finetune`` transform (RandomResizedCrop 128, scale (0.14, 1), h-flip, colour jitter
+p 0.8 of 0.4). Test (deterministic, §8.8): ``test_clips`` (10) uniformly spaced clips, start_k =
+floor(k (n − L) / 10), × the ``gdt_test`` three crops (short side 128; left/centre/right); video
+score = mean of the 30 views' logits. Reports video top-1/top-5 and single-view (clip) top-1 of
+the last epoch (§6, §8.9: the reference picks the best epoch on test; we do not). Folds named by
+a recipe are averaged.
 
-Data: datasets whose items hold a whole video (or a long clip) ``video`` [C, N, H, W] float in
-[0, 1] (or [N, H, W, 3] uint8) and a single ``label``; videos shorter than a clip loop.
+Two data sources: the ``store`` source already yields augmented train clips (``video_train:
+gdt_finetune``, one per video per epoch: it is iterated ``train_clips`` times with fresh epoch
+seeds) and grouped eval views (``video_eval: gdt_test``, ``clip.windows: 10``, items with
+"group"); in-memory sources (avdigits) yield whole videos ``video`` [C, N, H, W] in [0, 1] and
+this module cuts and transforms the clips itself with the same transforms.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,8 +35,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from xmodal.config import registered
+from xmodal.data import transforms as T
 from xmodal.errors import ConfigError, DataError
-from xmodal.eval.aggregate import aggregate_scores
+from xmodal.eval.aggregate import aggregate_outputs
 from xmodal.eval.metrics import topk_accuracy
 from xmodal.models.heads import LinearClassifier
 
@@ -79,115 +83,57 @@ def finetune_lr_factor(epoch: int, cfg: FinetuneConfig) -> float:
     return cfg.warmup_multiplier * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 
-# ------------------------------------------------------------------------------- clip ops
-def as_cthw(video: Any) -> Tensor:
-    """[C, N, H, W] float in [0, 1] from that layout or decoded [N, H, W, 3] uint8 frames."""
+# ------------------------------------------------------------------------------- clip sources
+def as_frames(video: Any) -> Tensor:
+    """[N, H, W, 3] frames (what the clip transforms read) from [C, N, H, W] float in [0, 1]
+    (in-memory sources such as avdigits) or [N, H, W, 3] uint8/float."""
     x = torch.as_tensor(video)
-    if x.dim() != 4:
+    if x.dim() != 4 or 3 not in (x.shape[0], x.shape[-1]):
         raise DataError(f"finetune: expected a video [C, N, H, W] or [N, H, W, 3], got shape {tuple(x.shape)}")
-    if x.shape[-1] == 3 and x.shape[0] != 3:
-        x = x.permute(3, 0, 1, 2)
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
-
-
-def clip_at(video: Tensor, start: int, length: int) -> Tensor:
-    """Frames start..start+length−1, looping over the video when it is shorter."""
-    return video[:, (start + torch.arange(length)) % video.shape[1]]
-
-
-def uniform_starts(n: int, length: int, count: int) -> list[int]:
-    return [k * max(n - length, 0) // count for k in range(count)]
-
-
-def resized_crop_box(h: int, w: int, scale: tuple[float, float], gen: torch.Generator) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (y, x, bh, bw): area ~ U(scale)·HW, log-ratio ~ U(log 3/4, log 4/3),
-    10 attempts, then the centre crop of the clamped ratio (torchvision's rule)."""
-    u = torch.rand(10, 4, generator=gen).tolist()
-    for ua, ur, uy, ux in u:
-        area = h * w * (scale[0] + (scale[1] - scale[0]) * ua)
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * ur)
-        bw, bh = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < bw <= w and 0 < bh <= h:
-            return int(uy * (h - bh + 1)), int(ux * (w - bw + 1)), bh, bw
-    ratio = min(max(w / h, 3 / 4), 4 / 3)
-    bw, bh = (w, round(w / ratio)) if w / h < ratio else (round(h * ratio), h)
-    return (h - bh) // 2, (w - bw) // 2, bh, bw
-
-
-def _gray(x: Tensor) -> Tensor:  # [C, T, H, W] -> [1, T, H, W]
-    return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
-
-
-def colour_jitter(x: Tensor, amount: float, gen: torch.Generator) -> Tensor:
-    """Brightness, contrast, saturation factors ~ U(1 − a, 1 + a) in random order, one set per
-    clip, applied to the RGB channels of every frame (not across frames: §8.4)."""
-    f = (1 + amount * (2 * torch.rand(3, generator=gen) - 1)).tolist()
-    for op in torch.randperm(3, generator=gen).tolist():
-        if op == 0:
-            x = x * f[0]
-        elif op == 1:
-            x = _gray(x).mean(dim=(2, 3), keepdim=True) * (1 - f[1]) + x * f[1]
-        else:
-            x = _gray(x) * (1 - f[2]) + x * f[2]
-        x = x.clamp(0, 1)
-    return x
+    return x if x.shape[-1] == 3 else x.permute(1, 2, 3, 0)
 
 
 class TrainClips(Dataset):
-    """``clips`` random augmented clips per video for one epoch (reproducible per seed, epoch, index)."""
+    """``train_clips`` random clips per whole video for one epoch: `transforms.train_window` +
+    the ``gdt_finetune`` preset, reproducible per (seed, epoch, index)."""
 
     def __init__(self, base: Dataset, cfg: FinetuneConfig, epoch: int):
         self.base, self.cfg, self.epoch = base, cfg, epoch
+        self.transform = T.clip_preset("gdt_finetune", size=cfg.crop, scale=tuple(cfg.scale), jitter=cfg.jitter_p,
+                                       brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter,
+                                       mean=(cfg.mean,) * 3, std=(cfg.std,) * 3)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.base) * self.cfg.train_clips
 
     def __getitem__(self, i: int) -> dict:
-        c = self.cfg
-        item = self.base[i // c.train_clips]
-        gen = torch.Generator().manual_seed((c.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-        video = as_cthw(item["video"])
-        n, h, w = video.shape[1:]
-        start = int(torch.randint(0, max(n - c.clip_frames, 0) + 1, (), generator=gen))
-        y, x, bh, bw = resized_crop_box(h, w, c.scale, gen)
-        clip = clip_at(video, start, c.clip_frames)[:, :, y : y + bh, x : x + bw]
-        clip = F.interpolate(clip, size=(c.crop, c.crop), mode="bilinear", align_corners=False)
-        if torch.rand((), generator=gen) < 0.5:
-            clip = clip.flip(-1)
-        if c.jitter > 0 and torch.rand((), generator=gen) < c.jitter_p:
-            clip = colour_jitter(clip, c.jitter, gen)
-        return {"video": (clip - c.mean) / c.std, "label": torch.as_tensor(item["label"])}
+        item = self.base[i // self.cfg.train_clips]
+        gen = T.sample_generator(self.cfg.seed, self.epoch, i)
+        frames = as_frames(item["video"])
+        win = T.train_window(frames.shape[0], self.cfg.clip_frames, gen=gen)
+        return {"video": self.transform(frames[win.indices()], gen), "label": torch.as_tensor(item["label"])}
 
 
 class TestViews(Dataset):
-    """Item (video v, clip k): [test_crops, C, L, S, S] views of the k-th uniformly spaced clip."""
+    """Item (video v, clip k): the ``gdt_test`` views [3, 3, L, S, S] (left/centre/right) of the
+    k-th of ``test_clips`` uniformly spaced windows ("spread": start_k = floor(k (n − L) / count))."""
 
     def __init__(self, base: Dataset, cfg: FinetuneConfig):
         self.base, self.cfg = base, cfg
+        crop = "three" if cfg.test_crops == 3 else "center"
+        self.transform = T.clip_preset("gdt_test", size=cfg.crop, resize=cfg.crop, crop=crop,
+                                       mean=(cfg.mean,) * 3, std=(cfg.std,) * 3)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.base) * self.cfg.test_clips
 
     def __getitem__(self, i: int) -> dict:
-        c = self.cfg
-        v, k = divmod(i, c.test_clips)
+        v, k = divmod(i, self.cfg.test_clips)
         item = self.base[v]
-        video = as_cthw(item["video"])
-        n, h, w = video.shape[1:]
-        clip = clip_at(video, uniform_starts(n, c.clip_frames, c.test_clips)[k], c.clip_frames)
-        if min(h, w) != c.crop:
-            size = (c.crop, round(w * c.crop / h)) if h <= w else (round(h * c.crop / w), c.crop)
-            clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False)
-        h, w = clip.shape[-2:]
-        spots = [(h - c.crop) // 2] if c.test_crops == 1 else [0, (h - c.crop) // 2, h - c.crop]
-        along_w = w > h
-        if along_w:
-            spots = [(w - c.crop) // 2] if c.test_crops == 1 else [0, (w - c.crop) // 2, w - c.crop]
-        views = []
-        for s in spots:
-            y, x = ((h - c.crop) // 2, s) if along_w else (s, (w - c.crop) // 2)
-            views.append(clip[:, :, y : y + c.crop, x : x + c.crop])
-        return {"video": (torch.stack(views) - c.mean) / c.std, "label": torch.as_tensor(item["label"]), "uid": str(v)}
+        frames = as_frames(item["video"])
+        win = T.uniform_windows(frames.shape[0], self.cfg.clip_frames, count=self.cfg.test_clips)[k]
+        return {"video": self.transform.views(frames[win.indices()]), "label": torch.as_tensor(item["label"]),
+                "group": str(v)}
 
 
 # ------------------------------------------------------------------------------- protocol
@@ -214,16 +160,43 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
+def clip_source(test: Dataset) -> str:
+    """"dataset" when the data already yields augmented train clips and grouped eval views (the
+    ``store`` source: items carry "group"), else "sample" (whole videos: the protocol cuts clips)."""
+    item = test[0]
+    return "dataset" if isinstance(item, dict) and "group" in item else "sample"
+
+
+def _train_loaders(train: Dataset, cfg: FinetuneConfig, epoch: int, source: str):
+    """`train_clips` random clips per video for this epoch."""
+    from xmodal.data.bundle import collate
+
+    kw = dict(batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers, collate_fn=collate)
+    if source == "sample":
+        order = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        yield DataLoader(TrainClips(train, cfg, epoch), generator=order, **kw)
+        return
+    for r in range(cfg.train_clips):  # the dataset draws a fresh clip per video for each sub-epoch
+        if hasattr(train, "set_epoch"):
+            train.set_epoch(epoch * cfg.train_clips + r)
+        yield DataLoader(train, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * cfg.train_clips + r), **kw)
+
+
 def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int, cfg: FinetuneConfig,
-             device: torch.device | str = "cpu") -> FinetuneResult:
-    """Fine-tune a copy of `encoder` (video -> [B, D], with ``feature_dim``) and test it (§6)."""
+             device: torch.device | str = "cpu", source: str = "auto") -> FinetuneResult:
+    """Fine-tune a copy of `encoder` (video -> [B, D], with ``feature_dim``) and test it (§6).
+
+    `source`: "sample" (whole videos; this module cuts and augments clips), "dataset" (the data
+    yields train clips and eval views with "group"), or "auto" (`clip_source`)."""
+    source = clip_source(test) if source == "auto" else source
+    if source not in ("sample", "dataset"):
+        raise ConfigError(f"finetune source: expected auto, sample or dataset, found '{source}'")
     torch.manual_seed(cfg.seed)
     model = Classifier(copy.deepcopy(encoder), num_classes).to(device)
-    trunk = [] if cfg.freeze_trunk else [p for p in model.encoder.parameters() if p.requires_grad]
     model.encoder.requires_grad_(not cfg.freeze_trunk)
-    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr, "base": cfg.head_lr}]
-    if trunk:
-        groups.append({"params": trunk, "lr": cfg.trunk_lr, "base": cfg.trunk_lr})
+    groups = [{"params": list(model.head.parameters()), "base": cfg.head_lr}]
+    if not cfg.freeze_trunk:
+        groups.append({"params": list(model.encoder.parameters()), "base": cfg.trunk_lr})
     opt = torch.optim.SGD(groups, lr=cfg.head_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     losses = []
     for epoch in range(cfg.epochs):
@@ -232,38 +205,36 @@ def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int
         model.train()
         if cfg.freeze_trunk:
             model.encoder.eval()
-        order = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        loader = DataLoader(TrainClips(train, cfg, epoch), batch_size=cfg.batch_size, shuffle=True,
-                            generator=order, num_workers=cfg.num_workers)
         total, count = 0.0, 0
-        for batch in loader:
-            x, y = batch["video"].to(device), batch["label"].to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss) * len(y), count + len(y)
+        for loader in _train_loaders(train, cfg, epoch, source):
+            for batch in loader:
+                x, y = batch["video"].to(device), torch.as_tensor(batch["label"]).to(device)
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, count = total + float(loss) * len(y), count + len(y)
         losses.append(total / max(count, 1))
-    return _test(model, test, num_classes, cfg, device, losses)
+    return _test(model, test if source == "dataset" else TestViews(test, cfg), num_classes, cfg, device, losses)
 
 
 @torch.no_grad()
-def _test(model: nn.Module, test: Dataset, num_classes: int, cfg: FinetuneConfig, device, losses) -> FinetuneResult:
+def _test(model: nn.Module, views: Dataset, num_classes: int, cfg: FinetuneConfig, device, losses) -> FinetuneResult:
+    """Video score = mean of the logits of all views of its group; clip top-1 over single views."""
+    from xmodal.data.bundle import collate
+
     model.eval()
-    loader = DataLoader(TestViews(test, cfg), batch_size=max(1, cfg.batch_size // cfg.test_crops),
-                        num_workers=cfg.num_workers)
+    loader = DataLoader(views, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate)
     logits, labels, groups = [], [], []
     for batch in loader:
-        x = batch["video"].to(device)  # [B, V, C, L, S, S]
-        b, v = x.shape[:2]
-        logits.append(model(x.flatten(0, 1)).float().cpu())
-        labels.append(batch["label"].repeat_interleave(v))
-        groups += [g for g in batch["uid"] for _ in range(v)]
+        x = batch["video"].to(device)
+        v = x.shape[1] if x.dim() == 6 else 1  # [B, V, C, L, S, S] or one view per item
+        logits.append(model(x.flatten(0, 1) if v > 1 or x.dim() == 6 else x).float().cpu())
+        labels.append(torch.as_tensor(batch["label"]).repeat_interleave(v))
+        groups += [str(g) for g in batch["group"] for _ in range(v)]
     logits, labels = torch.cat(logits), torch.cat(labels)
-    video = aggregate_scores(groups, logits, "mean_logits")
-    first = {g: i for i, g in reversed(list(enumerate(groups)))}
-    video_labels = labels[torch.tensor([first[g] for g in video.groups])]
-    acc = topk_accuracy(video.scores, video_labels, ks=(1, 5))
+    video = aggregate_outputs(groups, logits, labels, "mean_logits")
+    acc = topk_accuracy(video.scores, video.labels, ks=(1, 5))
     clip = topk_accuracy(logits, labels, ks=(1,))
     return FinetuneResult(acc["top1"], acc["top5"] if num_classes > 5 else None, clip["top1"], losses)
 

@@ -13,8 +13,8 @@ negatives are the whole global batch (the loss gathers the other ranks' detached
 
 Batch keys. Prepared views (data pipeline): ``{video_key}{suffix}`` [B, C, T, H, W] and
 ``{audio_key}{suffix}`` ([B, 1, F, T] spectrogram, [B, frames, mel] fbank, or [B, L] token ids
-for text) with suffixes V "", VR "_r", V2 "_2", V2R "_2r"; only the views the hypothesis uses
-are read. Whole clips (``views.enabled``, embedded data such as avdigits): ``video`` [B, C, N, H,
+for text) with suffixes V "", VR "_rev", V2 "_shift", V2R "_shift_rev" — what the ``store`` data
+source gives with ``views: gdt``; only the views the hypothesis uses are read. Whole clips (``views.enabled``, embedded data such as avdigits): ``video`` [B, C, N, H,
 W] in [0, 1] and the clip's fbank; the method cuts two windows of ``views.frames`` per sample
 (GDT's start rule), reverses them in time and crops/flips each view independently.
 """
@@ -38,7 +38,7 @@ from xmodal.methods.base import Method
 from xmodal.models.heads import projection_head
 from xmodal.registry import MODELS, register_method
 
-VIEW_SUFFIX = {"V": "", "VR": "_r", "V2": "_2", "V2R": "_2r"}
+VIEW_SUFFIX = {"V": "", "VR": "_rev", "V2": "_shift", "V2R": "_shift_rev"}  # the store's `views: gdt` keys
 
 
 def model_default(name: str, **kw: Any):
@@ -66,7 +66,7 @@ class GDTConfig:
     temperature: float = 0.07
     negatives: Literal["clean", "official"] = "clean"
     video_key: str = "video"
-    audio_key: str = "spec"  # "fbank" for avdigits, "text" for the video-text variant
+    audio_key: str = "fbank"  # "text" for the video-text variant
     views: cv.ClipViewsConfig = field(default_factory=cv.ClipViewsConfig)
     sync_bn: bool = True  # SyncBatchNorm when distributed on CUDA (§5.1)
 

@@ -12,8 +12,8 @@ dropout differs per call as there).
 Loss: `xmodal.losses.gdt.stica_loss`: (1 − α)·L_crops + α·L_av, every NCE with keys from all
 processes (the loss gathers them).
 
-Batch keys. Prepared views: ``{video_key}`` [B, 2, C, T, H, W] (the two spatial views) and
-``{audio_key}`` ([B, 1, F, T] or fbank [B, frames, mel]). Whole clips (``views.enabled``): video
+Batch keys. Prepared views (the ``store`` source with ``views: stica``): ``{video_key}`` [B, 2, C,
+T, H, W] (the two spatial views) and ``{audio_key}`` ([B, 1, F, T] or fbank [B, frames, mel]). Whole clips (``views.enabled``): video
 [B, C, N, H, W] in [0, 1]; the method takes one window of ``views.frames`` (GDT's start rule) and
 two independent spatial augmentations of it.
 """
@@ -33,9 +33,24 @@ from xmodal.losses.contrastive import diagonal_accuracy
 from xmodal.losses.gdt import CropFeats, StiCAFeats, stica_loss
 from xmodal.methods import _clipviews as cv
 from xmodal.methods.base import Method
-from xmodal.methods.gdt import HeadConfig, build_encoder, cross_modal_metrics, encoder_input, maybe_sync_bn, model_default
+from xmodal.methods.gdt import (
+    HeadConfig,
+    build_encoder,
+    cross_modal_metrics,
+    encoder_input,
+    maybe_sync_bn,
+    model_default,
+)
 from xmodal.models.heads import projection_head
-from xmodal.models.stica import CropConfig, PoolConfig, PooledTrunk, ViewCrops, build_pooling, sample_crops
+from xmodal.models.stica import (
+    CropConfig,
+    PoolConfig,
+    PooledTrunk,
+    ViewCrops,
+    build_pooling,
+    probe_trunk,
+    sample_crops,
+)
 from xmodal.registry import register_method
 
 
@@ -53,7 +68,7 @@ class STiCAConfig:
     crop_temperature: float = 0.5
     av_symmetric: bool = True
     video_key: str = "video"
-    audio_key: str = "spec"
+    audio_key: str = "fbank"
     views: cv.ClipViewsConfig = field(default_factory=cv.ClipViewsConfig)
     sync_bn: bool = True
 
@@ -72,7 +87,12 @@ class STiCA(Method):
         super().__init__(cfg, info)
         self.video = build_encoder(cfg.video, "video")
         self.audio = build_encoder(cfg.audio, "audio")
-        self.pool = build_pooling(cfg.pool, self.video, cfg.frames)
+        probe = probe_trunk(self.video, cfg.frames)
+        if probe.unused:
+            raise ConfigError(f"method.video: {len(probe.unused)} parameters of '{cfg.video.name}' do not shape the "
+                              f"feature map STiCA crops and pools ({', '.join(probe.unused[:3])}); e.g. tiny_video "
+                              "needs temporal_kernel: 0")
+        self.pool = build_pooling(cfg.pool, self.video, cfg.frames, probe.steps)
         h = cfg.head
         self.mlp_v = projection_head(self.video.feature_dim, h.hidden, h.dim, h.mlp, h.dropout)
         self.mlp_a = projection_head(self.audio.feature_dim, h.hidden, h.dim, h.mlp, h.dropout)

@@ -186,20 +186,41 @@ def sample_crops(cfg: CropConfig, shape: tuple[int, int, int], gen: torch.Genera
     return ViewCrops(*out)
 
 
-def map_steps(trunk: nn.Module, frames: int, size: int = 32) -> int:
-    """T' of `trunk`'s map for a clip of `frames` frames (one no-grad eval forward of zeros; the
-    trunk's mode and BatchNorm statistics are left as they were)."""
+class TrunkProbe(NamedTuple):
+    steps: int  # T' of the map
+    unused: list[str]  # trunk parameters the map does not depend on
+
+
+def probe_trunk(trunk: nn.Module, frames: int, size: int = 32) -> TrunkProbe:
+    """T' of `trunk`'s map for `frames`-frame clips, and the parameters that do not shape the map
+    (one eval-mode forward/backward of zeros; mode, BatchNorm statistics and gradients restored).
+
+    A parameter outside the map (e.g. a layer applied after the map is taken) would get no
+    gradient from STiCA's losses, and DDP would then stall waiting for it."""
     was = trunk.training
+    params = dict(trunk.named_parameters())
+    saved = {k: p.grad for k, p in params.items()}
     trunk.eval()
     try:
-        with torch.no_grad():
-            p = next(trunk.parameters())
-            fmap = trunk(torch.zeros(1, 3, frames, size, size, device=p.device, dtype=p.dtype), return_map=True).fmap
+        for p in params.values():
+            p.grad = None
+        p0 = next(iter(params.values()))
+        x = torch.zeros(1, 3, frames, size, size, device=p0.device, dtype=p0.dtype)
+        fmap = trunk(x, return_map=True).fmap
+        if fmap is None or fmap.dim() != 5:
+            raise ConfigError(f"STiCA: the video trunk {type(trunk).__name__} returns no [B, D, T', H', W'] map")
+        fmap.sum().backward()
+        unused = [k for k, p in params.items() if p.requires_grad and p.grad is None]
     finally:
+        for k, p in params.items():
+            p.grad = saved[k]
         trunk.train(was)
-    if fmap is None or fmap.dim() != 5:
-        raise ConfigError(f"STiCA: the video trunk {type(trunk).__name__} returns no [B, D, T', H', W'] map")
-    return int(fmap.shape[2])
+    return TrunkProbe(int(fmap.shape[2]), unused)
+
+
+def map_steps(trunk: nn.Module, frames: int, size: int = 32) -> int:
+    """T' of `trunk`'s map for a clip of `frames` frames (see `probe_trunk`)."""
+    return probe_trunk(trunk, frames, size).steps
 
 
 class PooledTrunk(nn.Module):
@@ -230,8 +251,10 @@ class PoolConfig:
             raise ValueError("pool: layers, t_tok, ffn must be >= 0 and heads >= 1")
 
 
-def build_pooling(cfg: PoolConfig, trunk: nn.Module, frames: int) -> TemporalPooling:
+def build_pooling(cfg: PoolConfig, trunk: nn.Module, frames: int, steps: int | None = None) -> TemporalPooling:
+    """The pooling for `trunk`'s map; T_tok = cfg.t_tok, or the map's T' for `frames` frames
+    (`steps` when already probed)."""
     dim = trunk.feature_dim
-    t_tok = cfg.t_tok or (map_steps(trunk, frames) if cfg.layers else 1)
+    t_tok = cfg.t_tok or ((steps or map_steps(trunk, frames)) if cfg.layers else 1)
     return TemporalPooling(dim, cfg.layers, t_tok, cfg.heads, cfg.ffn or 4 * dim, cfg.qkv_mha, cfg.pos_emb)
 
