@@ -156,3 +156,21 @@ def test_two_processes_match_one_process_through_ddp(hypothesis):
     for k, g in _grads(single).items():
         for r in results:
             torch.testing.assert_close(r["grads"][k], g, atol=1e-6, rtol=1e-5)
+
+
+def test_recipes_parse():
+    from pathlib import Path
+
+    from xmodal.config import load_config
+    from xmodal.eval.ssl_finetune import FinetuneRecipe
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    for path in sorted((root / "gdt").glob("*.yaml")) + sorted((root / "stica").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.method.name in ("gdt", "stica"), path
+    k400 = load_config(root / "gdt" / "kinetics400.yaml")
+    assert k400.method.temperature == 0.07 and k400.data.views == "gdt" and k400.optim.lr == 0.64
+    for path in sorted((root / "eval").glob("*finetune.yaml")):
+        recipe = load_config(path, cls=FinetuneRecipe)
+        assert recipe.finetune.epochs == 12 and recipe.finetune.milestones == (6, 10), path
+    assert len(load_config(root / "eval" / "hmdb51-finetune.yaml", cls=FinetuneRecipe).folds) == 3

@@ -114,7 +114,7 @@ class TrainClips(Dataset):
         return {"video": self.transform(frames[win.indices()], gen), "label": torch.as_tensor(item["label"])}
 
 
-class TestViews(Dataset):
+class EvalViews(Dataset):
     """Item (video v, clip k): the ``gdt_test`` views [3, 3, L, S, S] (left/centre/right) of the
     k-th of ``test_clips`` uniformly spaced windows ("spread": start_k = floor(k (n − L) / count))."""
 
@@ -213,9 +213,9 @@ def finetune(encoder: nn.Module, train: Dataset, test: Dataset, num_classes: int
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total, count = total + float(loss) * len(y), count + len(y)
+                total, count = total + float(loss.detach()) * len(y), count + len(y)
         losses.append(total / max(count, 1))
-    return _test(model, test if source == "dataset" else TestViews(test, cfg), num_classes, cfg, device, losses)
+    return _test(model, test if source == "dataset" else EvalViews(test, cfg), num_classes, cfg, device, losses)
 
 
 @torch.no_grad()
@@ -245,8 +245,9 @@ class FinetuneRecipe:
 
     data: Any = registered("datasets")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    folds: list[int] = field(default_factory=list)  # e.g. [1, 2, 3]; empty = the data as given
-    fold_key: str = "fold"  # data config field that selects the fold
+    # one mapping of data-config overrides per fold, e.g. [{root: data/ucf101-1-store}, ...]
+    # (the importers write one store per official fold); empty = the data as given
+    folds: list[dict[str, Any]] = field(default_factory=list)
     train_split: str = "train"
     test_split: str = "test"
 
@@ -260,7 +261,7 @@ class FinetuneOptions(FinetuneConfig):
 
 def finetune_from_run(args, run) -> dict[str, float]:
     """`xmodal eval finetune RUN [--opt recipe=...] [--opt epochs=...]`."""
-    from xmodal.config import load_config
+    from xmodal.config import from_dict, load_config, to_dict
     from xmodal.eval.ssl import protocol_options, split_of
     from xmodal.registry import DATASETS
 
@@ -279,10 +280,10 @@ def finetune_from_run(args, run) -> dict[str, float]:
     given = {k for k in (getattr(args, "options", None) or []) if "=" in k}
     changed = {k.split("=", 1)[0].strip() for k in given} & set(own)
     cfg = dataclasses.replace(recipe.finetune, **{k: own[k] for k in changed})
-    folds = recipe.folds or [None]
+    folds = recipe.folds or [{}]
     per_fold = []
-    for fold in folds:
-        data_cfg = recipe.data if fold is None else dataclasses.replace(recipe.data, **{recipe.fold_key: fold})
+    for i, fold in enumerate(folds):
+        data_cfg = from_dict(type(recipe.data), {**to_dict(recipe.data), **fold}, ("folds", str(i)))
         data = DATASETS.build(data_cfg)
         train, test = data.split(recipe.train_split), data.split(recipe.test_split)
         if train is None or test is None:
@@ -290,5 +291,5 @@ def finetune_from_run(args, run) -> dict[str, float]:
         per_fold.append(finetune(encoder, train, test, data.info.num_classes, cfg, device).metrics())
     out = {k: sum(m[k] for m in per_fold) / len(per_fold) for k in per_fold[0]}
     if len(per_fold) > 1:
-        out.update({f"fold{f}_{k}": v for f, m in zip(folds, per_fold) for k, v in m.items()})
+        out.update({f"fold{i + 1}_{k}": v for i, m in enumerate(per_fold) for k, v in m.items()})
     return out
