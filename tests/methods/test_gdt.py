@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +10,8 @@ from xmodal.errors import ConfigError
 from xmodal.losses.gdt import gdt_loss
 from xmodal.methods.gdt import GDT, VIEW_SUFFIX, GDTConfig
 from xmodal.registry import METHODS
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 MEL = 8
 
@@ -159,12 +163,10 @@ def test_two_processes_match_one_process_through_ddp(hypothesis):
 
 
 def test_recipes_parse():
-    from pathlib import Path
-
     from xmodal.config import load_config
     from xmodal.eval.ssl_finetune import FinetuneRecipe
 
-    root = Path(__file__).resolve().parents[2] / "recipes"
+    root = RECIPES
     for path in sorted((root / "gdt").glob("*.yaml")) + sorted((root / "stica").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.method.name in ("gdt", "stica"), path
@@ -174,3 +176,22 @@ def test_recipes_parse():
         recipe = load_config(path, cls=FinetuneRecipe)
         assert recipe.finetune.epochs == 12 and recipe.finetune.milestones == (6, 10), path
     assert len(load_config(root / "eval" / "hmdb51-finetune.yaml", cls=FinetuneRecipe).folds) == 3
+
+
+# ------------------------------------------------------------------------- learning on avdigits
+@pytest.mark.slow
+def test_gdt_on_avdigits_beats_chance_and_a_random_encoder(tmp_path, avdigits_bundles):
+    from xmodal.config import load_config
+    from xmodal.engine.trainer import train
+    from xmodal.eval.ssl import linear_eval
+
+    pretrain, probe = avdigits_bundles
+    cfg = load_config(RECIPES / "gdt" / "avdigits.yaml", ["train.progress=false", "train.tensorboard=false"])
+    res = train(cfg, out_dir=tmp_path, data=pretrain)
+    test = res.metrics["test"]  # 500 held-out clips (unseen handwriting and voices), 10 classes
+    assert test["a2v_R@1"] > 40 and test["v2a_R@1"] > 30  # class-level R@1, chance 10 %
+    torch.manual_seed(0)
+    random = METHODS.build(cfg.method, info=probe.info)
+    trained = linear_eval(res.method, probe.train, probe.test).top1
+    baseline = linear_eval(random, probe.train, probe.test).top1
+    assert trained > baseline + 15, (trained, baseline)

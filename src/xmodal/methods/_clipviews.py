@@ -29,7 +29,8 @@ class ClipViewsConfig:
     frames: window length in video frames (0 = the whole clip, no time shift possible).
     crop: output side of the square spatial crop (0 = keep the frame size).
     scale: area fraction range of RandomResizedCrop; (1, 1) = a fixed-size random crop of `crop`.
-    flip: random horizontal flips; jitter: brightness/contrast factor range 1 ± jitter (0 = off).
+    flip: random horizontal flips; jitter: brightness/contrast factor range 1 ± jitter (0 = off);
+    grayscale: probability per clip of replacing RGB by its luma (the same on every frame).
     mean/std: per-channel normalisation after the crop (GDT/STiCA: 0.45 / 0.225).
     spec_rate: spectrogram frames per second; the audio window of a clip window starting at
     frame s is [round(s / fps · spec_rate), + spec_frames) with spec_frames = round(frames /
@@ -42,6 +43,7 @@ class ClipViewsConfig:
     scale: tuple[float, float] = (1.0, 1.0)
     flip: bool = True
     jitter: float = 0.0
+    grayscale: float = 0.0
     mean: float = 0.45
     std: float = 0.225
     spec_rate: float = 100.0
@@ -54,6 +56,8 @@ class ClipViewsConfig:
             raise ValueError(f"scale: expected 0 < low <= high <= 1, got {self.scale}")
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter: expected a value in [0, 1), got {self.jitter}")
+        if not 0 <= self.grayscale <= 1:
+            raise ValueError(f"grayscale: expected a probability, got {self.grayscale}")
 
 
 def gdt_window_starts(n_frames: int, length: int, batch: int, gen: torch.Generator | None = None) -> Tensor:
@@ -137,19 +141,31 @@ def jitter(video: Tensor, amount: float, gen=None) -> Tensor:
     return (mean + (x - mean) * fc.view(shape)).clamp(0, 1)
 
 
+def grayscale(video: Tensor, p: float, gen=None) -> Tensor:
+    """With probability p per clip, every frame's RGB is replaced by its luma (ITU-R 601)."""
+    if p <= 0:
+        return video
+    hit = (torch.rand(video.shape[0], generator=gen) < p).to(video.device).view(-1, 1, 1, 1, 1)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=video.dtype, device=video.device).view(1, 3, 1, 1, 1)
+    luma = (video * w).sum(1, keepdim=True).expand_as(video)
+    return torch.where(hit, luma, video)
+
+
 def spatial_view(video: Tensor, cfg: ClipViewsConfig, gen=None, *, train: bool = True) -> Tensor:
     """Augmented (train) or centre-cropped (eval) and normalised clip [B, C, T, S, S]."""
     if train:
         if cfg.crop or cfg.scale != (1.0, 1.0) or cfg.flip:
             size = cfg.crop or min(video.shape[-2:])
             video = crop_flip(video, size, scale=cfg.scale, flip=cfg.flip, gen=gen)
-        video = jitter(video, cfg.jitter, gen)
+        video = grayscale(jitter(video, cfg.jitter, gen), cfg.grayscale, gen)
     elif cfg.crop:
         h, w = video.shape[-2:]
         if cfg.crop > min(h, w):
             raise ConfigError(f"views.crop: {cfg.crop} larger than the frame {h}x{w}")
         y, x = (h - cfg.crop) // 2, (w - cfg.crop) // 2
         video = video[..., y : y + cfg.crop, x : x + cfg.crop]
+    if not train and cfg.grayscale >= 1:  # always grey in training: evaluate on grey clips too
+        video = grayscale(video, 1.0)
     return (video - cfg.mean) / cfg.std
 
 
