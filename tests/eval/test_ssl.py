@@ -155,3 +155,31 @@ def test_finetune_on_a_dataset_that_yields_clips():
     res = finetune(Encoder(), train, test, 2, cfg)
     assert clip_source(test) == "dataset" and train.epochs == [0, 1, 2, 3, 4, 5]
     assert 0 <= res.video_top1 <= 100 and len(res.train_loss) == 2
+
+
+def test_cli_protocols_on_a_trained_gdt_run(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from xmodal.cli import main
+    from xmodal.engine.runs import load_run
+    from xmodal.eval.ssl_finetune import finetune_from_run
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    run = tmp_path / "run"
+    small = ["data.n_pool=64", "data.n_test_per_class=3", "data.n_train_per_class=2", "train.max_steps=2",
+             "train.batch_size=16", "train.progress=false", "train.tensorboard=false"]
+    assert main(["train", str(recipes / "gdt" / "avdigits.yaml"), "--out", str(run),
+                 *[a for o in small for a in ("--set", o)]]) == 0
+    capsys.readouterr()
+    assert main(["eval", "linear", str(run), "--set", "data.train_split=train"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["linear_top1"] <= 100
+    assert main(["eval", "retrieval", str(run), "--set", "data.train_split=train"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"a2v_R@1", "clip_v2a_R@1", "video_R@20"} <= set(out)
+    assert main(["eval", "knn", str(run)]) == 0  # the run's own train split: avdigits' pool has labels
+    assert "knn_top1" in json.loads(capsys.readouterr().out)
+    args = SimpleNamespace(options=[f"recipe={recipes / 'eval' / 'avdigits-finetune.yaml'}", "epochs=1",
+                                    "train_clips=1", "test_clips=1"], split="test")
+    res = finetune_from_run(args, load_run(run))
+    assert 0 <= res["video_top1"] <= 100 and "clip_top1" in res

@@ -39,6 +39,7 @@ from xmodal.data import transforms as T
 from xmodal.errors import ConfigError, DataError
 from xmodal.eval.aggregate import aggregate_outputs
 from xmodal.eval.metrics import topk_accuracy
+from xmodal.methods._clipviews import grayscale
 from xmodal.models.heads import LinearClassifier
 
 
@@ -62,6 +63,7 @@ class FinetuneConfig:
     scale: tuple[float, float] = (0.14, 1.0)
     jitter: float = 0.4
     jitter_p: float = 0.8
+    grayscale: float = 0.0  # train: probability per clip; 1.0 also greys the test views (grey-pretrained models)
     mean: float = 0.45
     std: float = 0.225
     freeze_trunk: bool = False  # True: linear probe through the same pipeline (reference feature-extract)
@@ -101,7 +103,7 @@ class TrainClips(Dataset):
         self.base, self.cfg, self.epoch = base, cfg, epoch
         self.transform = T.clip_preset("gdt_finetune", size=cfg.crop, scale=tuple(cfg.scale), jitter=cfg.jitter_p,
                                        brightness=cfg.jitter, contrast=cfg.jitter, saturation=cfg.jitter,
-                                       mean=(cfg.mean,) * 3, std=(cfg.std,) * 3)  # fmt: skip
+                                       grayscale=cfg.grayscale, mean=(cfg.mean,) * 3, std=(cfg.std,) * 3)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.base) * self.cfg.train_clips
@@ -132,8 +134,10 @@ class EvalViews(Dataset):
         item = self.base[v]
         frames = as_frames(item["video"])
         win = T.uniform_windows(frames.shape[0], self.cfg.clip_frames, count=self.cfg.test_clips)[k]
-        return {"video": self.transform.views(frames[win.indices()]), "label": torch.as_tensor(item["label"]),
-                "group": str(v)}
+        views = self.transform.views(frames[win.indices()])  # [V, 3, L, S, S]
+        if self.cfg.grayscale >= 1:  # luma commutes with the channel-independent normalisation
+            views = grayscale(views, 1.0)
+        return {"video": views, "label": torch.as_tensor(item["label"]), "group": str(v)}
 
 
 # ------------------------------------------------------------------------------- protocol

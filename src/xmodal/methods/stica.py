@@ -12,10 +12,12 @@ dropout differs per call as there).
 Loss: `xmodal.losses.gdt.stica_loss`: (1 − α)·L_crops + α·L_av, every NCE with keys from all
 processes (the loss gathers them).
 
-Batch keys. Prepared views (the ``store`` source with ``views: stica``): ``{video_key}`` [B, 2, C,
-T, H, W] (the two spatial views) and ``{audio_key}`` ([B, 1, F, T] or fbank [B, frames, mel]). Whole clips (``views.enabled``): video
-[B, C, N, H, W] in [0, 1]; the method takes one window of ``views.frames`` (GDT's start rule) and
-two independent spatial augmentations of it.
+Batch keys. Prepared views (the ``store`` source with ``views: stica``): ``{video_key}``
+[B, 2, C, T, H, W] (the two spatial views) and ``{audio_key}`` ([B, 1, F, T] or fbank [B, frames,
+mel]). Whole clips (``views.enabled``): video [B, C, N, H, W] in [0, 1]; the method takes one
+window of ``views.frames`` (GDT's start rule) and two independent spatial augmentations of it.
+The trunk must shape its map with all of its parameters (checked at construction: a parameter
+outside the map would never get a gradient and would stall DDP).
 """
 
 from __future__ import annotations
