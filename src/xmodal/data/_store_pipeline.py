@@ -2,7 +2,12 @@
 
 A batch is built phase by phase (windows, frame choices, mixup draws, video, image, audio, labels)
 with one generator per sample consumed in a fixed order, so item i is identical whether it is
-fetched alone or in any batch; the costly steps (photometric ops, Kaldi fbank) run batched.
+fetched alone or in any batch. Only the random draws run per sample; the work runs batched and
+gives the per-sample transforms' results bit for bit (tests/data/test_store_pipeline.py compares
+them): `apply_clips` = `ClipTransform.apply`, `cavmae_fbank_batch` = `CavmaeAugment.fbank`,
+`logfbank_batch` = `AudioSpec` (without gain), Kaldi/psf log-mels batched by window length.
+Frames, waveforms and the raw Kaldi log-mel come from the dataset's in-memory cache when it has
+one (`_store_cache`), else from the shards.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ class Pipeline:
         keys = set(opt.keys)
         self.dense = store.config.get("video") == "dense"
         self.has_video = store.config.get("video", "none") != "none"
+        self.has_audio = bool(store.config.get("audio", False))
         if keys & {"video", "image"} and not self.has_video:
             raise DataError(f"{store.root}: keys {sorted(keys & {'video', 'image'})} need video, but the store has none")
-        if keys & {"audio", "fbank"} and not store.config.get("audio", False):
+        if keys & {"audio", "fbank"} and not self.has_audio:
             raise DataError(f"{store.root}: keys {sorted(keys & {'audio', 'fbank'})} need audio, but the store has none")
         self.video_t = _clip_transform(opt.video_train if train else opt.video_eval, opt.video_size,
                                        "video_train" if train else "video_eval")  # fmt: skip
@@ -49,13 +55,16 @@ class Pipeline:
         if sp.kind == "cavmae":
             if sp.frames < 1:
                 raise ConfigError("fbank.frames: the Kaldi front end pads/cuts to a fixed length; give it (1024 for CAV-MAE)")
-            self.kaldi = FbankConfig(sample_rate=self.sample_rate, num_mel_bins=sp.mel)
+            self.kaldi_cfg = FbankConfig(sample_rate=self.sample_rate, num_mel_bins=sp.mel)
             self.cav = T.CavmaeAugment(target_frames=sp.frames, norm_mean=0.0 if sp.mean is None else sp.mean,
                                        norm_std=1.0 if sp.mean is None else sp.std, specaugment=self.specaug,
                                        noise=sp.noise and train)  # fmt: skip
         else:
             self.psf = LogFbankConfig(sample_rate=self.sample_rate, nfilt=sp.mel)
             self.spec = T.AudioSpec(gain=None, spec_mean=sp.mean, spec_std=sp.std, specaugment=self.specaug)
+        # the raw log-mel of a window is fixed unless the waveform changes first (gain; mixup per sample)
+        self.fbank_cacheable = ("fbank" in keys and sp.kind == "cavmae" and opt.views == "none"
+                                and not (train and opt.audio.gain is not None))  # fmt: skip
         if opt.views != "none" and sp.kind != "logfbank":
             raise ConfigError(f"views: {opt.views} views use the logfbank front end; set fbank.kind: logfbank")
         from xmodal.data.features import FeatureStore, feature_keys
@@ -101,38 +110,59 @@ class Pipeline:
         return int(torch.randint(0, n, (), generator=gen))
 
     # ---------------------------------------------------------------------------------- audio
-    def _audio(self, s, win) -> tuple[torch.Tensor, int]:
-        """(the real samples of the audio window, the window length in samples)."""
+    def audio_span(self, s, win) -> tuple[int, int]:
+        """(first sample, length in samples) of the audio window of clip window `win` (None: from 0)."""
         sr = self.sample_rate
         secs = self.opt.audio.seconds
         if self.dense and win is not None:
             aw = T.audio_window(win, s.fps, sr, seconds=secs or None)
-            start, length = aw.start, aw.length
-        else:
-            default = float(self.store.config.get("max_duration") or 0.0)
-            start, length = 0, round((secs or default) * sr) or s.num_samples
-        wave = s.wave()
-        if not len(wave):  # a sample stored without audio: silence
-            return torch.zeros(length), length
-        return wave[start : start + length], length
+            return aw.start, aw.length
+        default = float(self.store.config.get("max_duration") or 0.0)
+        return 0, round((secs or default) * sr) or s.num_samples
 
-    def _fbank(self, waves: list[torch.Tensor], gens) -> torch.Tensor:
-        if self.opt.fbank.kind == "logfbank":
-            out = [self.spec(w * _INT16, lambda x: logfbank(x, self.psf), g, self.opt.fbank.frames or None)
-                   for w, g in zip(waves, gens)]  # fmt: skip
-            return torch.stack(out)
+    def audio(self, s, span: tuple[int, int]) -> torch.Tensor:
+        """The real samples of the audio window (fewer at the stream's end; silence without audio)."""
+        wave = s.wave_window(*span)
+        return torch.zeros(span[1]) if wave is None else wave
+
+    def kaldi(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Raw Kaldi log-mel [frames, mel] of each waveform (mean removed), batched by length."""
         raw: list = [None] * len(waves)
         # a window that ends within one frame of the stream's end: zeros up to one frame
-        waves = [T.AudioWindow(0, self.kaldi.window_size).take(w) if len(w) < self.kaldi.window_size else w
-                 for w in waves]  # fmt: skip
+        ws = self.kaldi_cfg.window_size
+        waves = [T.AudioWindow(0, ws).take(w) if len(w) < ws else w for w in waves]
         by_len = defaultdict(list)
         for i, w in enumerate(waves):
             by_len[len(w)].append(i)
         for idx in by_len.values():
-            fb = kaldi_fbank(torch.stack([waves[i] - waves[i].mean() for i in idx]), self.kaldi)
+            fb = kaldi_fbank(torch.stack([waves[i] - waves[i].mean() for i in idx]), self.kaldi_cfg)
             for j, i in enumerate(idx):
                 raw[i] = fb[j]
-        return torch.stack([self.cav.fbank(fb, g, train=self.train) for fb, g in zip(raw, gens)])
+        return raw
+
+    def possible_windows(self, s) -> list:
+        """Every clip window this role can take for sample `s` (None when it has no frames)."""
+        if not s.num_frames:
+            return [None]
+        c = self.opt.clip
+        if not self.train:
+            return self.eval_windows(s.num_frames)
+        if c.train_mode == "last":
+            return [self._last(s.num_frames)]
+        last = max(0, s.num_frames - (c.frames - 1) * c.stride - 1)
+        return [T.ClipWindow(st, c.frames, c.stride, s.num_frames) for st in range(last + 1)]
+
+    def fbank_bytes(self, s) -> int:
+        """Upper bound of the bytes of the raw log-mel windows of `s` (for the cache budget)."""
+        c, n = self.opt.clip, s.num_frames
+        if self.dense and n and self.train and c.train_mode == "random":  # counted, not listed
+            count, win = max(0, n - (c.frames - 1) * c.stride - 1) + 1, T.ClipWindow(0, c.frames, c.stride, n)
+        else:
+            wins = self.possible_windows(s)
+            count, win = (len(wins) if self.dense else 1), wins[0]
+        length = min(self.audio_span(s, win)[1], s.num_samples)
+        kc = self.kaldi_cfg
+        return count * kc.num_frames(max(length, kc.window_size)) * kc.num_mel_bins * 4
 
     # ---------------------------------------------------------------------------------- views
     def view_builder(self):
@@ -163,11 +193,9 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------- batch
     def batch(self, ds, indices: list[int]) -> dict:
-        from xmodal.data.datasets import StoredSample
-
         keys = set(self.opt.keys)
         items = [ds.items[i] for i in indices]
-        samples = [StoredSample(ds.entries[it.entry], ds.reader) for it in items]
+        samples = [ds.sample_of(it.entry) for it in items]
         gens = [T.sample_generator(self.opt.seed, ds.epoch, i) for i in indices] if self.train else [None] * len(items)
         out: dict = {"uid": [s.uid for s in samples], "group": [s.uid for s in samples]}
         if not self.train:
@@ -183,11 +211,11 @@ class Pipeline:
             if self.mixup is not None:
                 partners = self._partners(ds, gens, "image" in keys)
             if "video" in keys:
-                out["video"] = self._video(samples, items, wins, gens)
+                out["video"] = self._video(ds, samples, items, wins, gens)
             if "image" in keys:
                 out["image"] = self._images(samples, frames, partners, gens)
             if keys & {"audio", "fbank"}:
-                out.update(self._audio_keys(samples, wins, partners, gens, keys))
+                out.update(self._audio_keys(ds, samples, wins, partners, gens, keys))
         if "label" in keys:
             out["label"] = self._labels(samples, partners)
         if "text" in keys:
@@ -199,22 +227,23 @@ class Pipeline:
 
     def _partners(self, ds, gens, image: bool) -> list:
         """Mixup partner per sample: (StoredSample, λ, partner image frame) or None."""
-        from xmodal.data.datasets import StoredSample
-
         out = []
         for g in gens:
             d = self.mixup.draw(len(ds), g)
             if d.partner is None:
                 out.append(None)
                 continue
-            p = StoredSample(ds.entries[ds.items[d.partner].entry], ds.reader)
+            p = ds.sample_of(ds.items[d.partner].entry)
             frame = T.cavmae_frame_index([True] * p.num_frames, train=True, gen=g) if image else None
             out.append((p, d.lam, frame))
         return out
 
-    def _video(self, samples, items, wins, gens) -> torch.Tensor:
+    def _video(self, ds, samples, items, wins, gens) -> torch.Tensor:
         if self.train:
-            return self.video_t.batch([s.frames(w.indices()) for s, w in zip(samples, wins)], gens)
+            clips = ds.cache.clips([s.index for s in samples], torch.stack([w.indices() for w in wins])) if ds.cache else None
+            if clips is None:
+                clips = [s.frames(w.indices()) for s, w in zip(samples, wins)]
+            return transform_clips(self.video_t, clips, gens)
         cache: dict = {}
         out = []
         for s, it, w in zip(samples, items, wins):
@@ -225,31 +254,43 @@ class Pipeline:
         return torch.stack(out)
 
     def _images(self, samples, frames, partners, gens) -> torch.Tensor:
-        imgs = [s.frames([f])[0] for s, f in zip(samples, frames)]
-        x = self.image_t.batch(imgs, gens)[:, :, 0]
+        imgs = [s.frames([f]) for s, f in zip(samples, frames)]
+        x = transform_clips(self.image_t, imgs, gens)[:, :, 0]
         for i, (p, g) in enumerate(zip(partners, gens)):
             if p is not None:
-                other = self.image_t.batch([p[0].frames([p[2]])[0]], [g])[0, :, 0]
+                other = transform_clips(self.image_t, [p[0].frames([p[2]])], [g])[0, :, 0]
                 x[i] = T.mix(x[i], other, p[1])
         return x
 
-    def _audio_keys(self, samples, wins, partners, gens, keys) -> dict:
-        waves, lengths = [], []
-        for s, w, p, g in zip(samples, wins, partners, gens):
-            wave, length = self._audio(s, w)
+    def _audio_keys(self, ds, samples, wins, partners, gens, keys) -> dict:
+        spans = [self.audio_span(s, w) for s, w in zip(samples, wins)]
+        raw: list = [None] * len(samples)
+        if "fbank" in keys and self.fbank_cacheable and ds.cache is not None and ds.cache.with_fbank:
+            raw = [ds.cache.fbank_of(s.index, *sp) if p is None else None for s, sp, p in zip(samples, spans, partners)]
+        need = range(len(samples)) if "audio" in keys or self.opt.fbank.kind != "cavmae" else [
+            i for i, r in enumerate(raw) if r is None]  # fmt: skip
+        waves: dict[int, torch.Tensor] = {}
+        for i in need:
+            wave, p = self.audio(samples[i], spans[i]), partners[i]
             if p is not None:
-                wave = T.mix_waveforms(wave, self._audio(p[0], None)[0], p[1])
+                wave = T.mix_waveforms(wave, self.audio(p[0], self.audio_span(p[0], None)), p[1])
             if self.train and self.opt.audio.gain is not None:
-                wave = T.volume_gain(wave, g, *self.opt.audio.gain)
-            waves.append(wave.float())
-            lengths.append(length)
+                wave = T.volume_gain(wave, gens[i], *self.opt.audio.gain)
+            waves[i] = wave.float()
         out = {}
         if "audio" in keys:
-            if len(set(lengths)) > 1:
+            lengths = {length for _, length in spans}
+            if len(lengths) > 1:
                 raise DataError("audio: clips give windows of different lengths; set audio.seconds")
-            out["audio"] = torch.stack([T.AudioWindow(0, n).take(w) for w, n in zip(waves, lengths)])
-        if "fbank" in keys:
-            out["fbank"] = self._fbank(waves, gens)
+            out["audio"] = torch.stack([T.AudioWindow(0, n).take(waves[i]) for i, (_, n) in enumerate(spans)])
+        if "fbank" in keys and self.opt.fbank.kind == "logfbank":
+            out["fbank"] = logfbank_batch(self.spec, [waves[i] * _INT16 for i in range(len(samples))], gens,
+                                          self.psf, self.opt.fbank.frames or None)  # fmt: skip
+        elif "fbank" in keys:
+            todo = [i for i, r in enumerate(raw) if r is None]
+            for i, r in zip(todo, self.kaldi([waves[i] for i in todo])):
+                raw[i] = r
+            out["fbank"] = cavmae_fbank_batch(self.cav, raw, gens, train=self.train)
         return out
 
     def _labels(self, samples, partners) -> torch.Tensor:
@@ -263,3 +304,196 @@ class Pipeline:
         if self.store.multilabel:
             return torch.stack([T.multi_hot(s.entry["labels"], k) for s in samples])
         return torch.tensor([s.entry["labels"][0] if s.entry["labels"] else -1 for s in samples], dtype=torch.long)
+
+
+# ------------------------------------------------------------------------ batched transforms
+_DETERMINISTIC = torch.Generator()  # draws of a deterministic transform cannot change its output
+_NOISE_SCALE = 0.1  # `noise_roll`'s default, the one CavmaeAugment uses
+
+
+def transform_clips(t: T.ClipTransform, clips, gens) -> torch.Tensor:
+    """`t.batch(clips, gens)` bit for bit: parameters drawn clip by clip, applied by `apply_clips`."""
+    if t.random and any(g is None for g in gens):
+        raise ValueError("ClipTransform: this transform is random; pass a torch.Generator")
+    params = []
+    for c, g in zip(clips, gens):
+        h, w = c.shape[-3:-1]
+        params.append(sample_params(t, h, w, _DETERMINISTIC if g is None else g))
+    return apply_clips(t, clips, params)
+
+
+def _draws(gen, n: int) -> list[float]:
+    # A CPU generator fills a float64 tensor element by element, so n draws at once are the
+    # n single U[0, 1) draws that `_rng.uniform`/`bernoulli` make one call each (tests check it).
+    return torch.rand(n, generator=gen, dtype=torch.float64).tolist()
+
+
+def _between(low: float, high: float, u: float) -> float:
+    return low + (high - low) * u  # `_rng.uniform`'s float64 arithmetic
+
+
+def sample_params(t: T.ClipTransform, h: int, w: int, gen) -> T.ClipParams:
+    """`t.sample(h, w, gen)` exactly (same params, same draws in the same order), with consecutive
+    float64 draws made in one call and their arithmetic in Python floats: ~10x fewer tensor ops.
+    RandomResizedCrop's rare fallback (no box fits in 10 attempts) replays `resized_crop_box`."""
+    from xmodal.data.transforms._rng import randint
+    from xmodal.data.transforms.video import resized_size
+
+    size = None
+    if t.resize_range is not None:
+        size = resized_size(h, w, randint(gen, *t.resize_range))
+        h, w = size
+    if t.crop == "center":
+        box = T.center_box(h, w, t.size)
+    elif t.crop == "random":
+        box = T.random_box(h, w, t.size, gen)
+    elif t.crop == "resized":
+        box = _resized_crop_box(h, w, t.scale, t.ratio, gen)
+    else:
+        return t.sample(h, w, gen)  # three crops: its error
+    flip, on, *u = _draws(gen, 5)  # flip, jitter on/off, brightness, contrast, saturation
+    strengths = (t.brightness, t.contrast, t.saturation)
+    factors = [_between(max(0.0, 1.0 - s), 1.0 + s, v) if on < t.jitter else 1.0 for s, v in zip(strengths, u)]
+    order = torch.randperm(3, generator=gen)[None]
+    gray, blur, sigma = _draws(gen, 3)
+    sigma = _between(*t.blur_sigma, sigma) if blur < t.blur else 0.0
+    photo = T.PhotoParams(torch.tensor([factors], dtype=torch.float64).float(), order,
+                          torch.tensor([gray < t.grayscale]), torch.tensor([sigma], dtype=torch.float64))  # fmt: skip
+    return T.ClipParams(size, box, flip < t.flip, photo)
+
+
+def _resized_crop_box(h: int, w: int, scale, ratio, gen) -> T.CropBox:
+    """`video.resized_crop_box` with each attempt's two draws made at once."""
+    import math
+
+    from xmodal.data.transforms._rng import randint
+    from xmodal.data.transforms.video import RRC_ATTEMPTS
+
+    state = gen.get_state()
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(RRC_ATTEMPTS):
+        u_scale, u_ratio = _draws(gen, 2)
+        target = h * w * _between(*scale, u_scale)
+        aspect = math.exp(_between(*log_ratio, u_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return T.CropBox(randint(gen, 0, h - ch), randint(gen, 0, w - cw), ch, cw)
+    gen.set_state(state)
+    return T.resized_crop_box(h, w, scale, ratio, gen)
+
+
+def apply_clips(t: T.ClipTransform, clips, params: list[T.ClipParams]) -> torch.Tensor:
+    """`t.apply(clips, params)` bit for bit for uint8 clips [T, H, W, 3] (a list, or stacked [B, T, H, W, 3]).
+
+    Crops that need no resampling (box of the output size, no pre-resize) are cut and flipped for
+    the whole batch with one gather; the others go clip by clip through the same uint8 resize as
+    `ClipTransform.geometry`. Frames are converted to float once, in the channels-last layout that
+    stacking `geometry` outputs gives (photometric reductions see the same memory order), the
+    photometric ops run only when a clip has any, and the output is normalised in place.
+    """
+    stacked = isinstance(clips, torch.Tensor)
+    clips = clips if stacked else [torch.as_tensor(c) for c in clips]
+    if any(c.dtype != torch.uint8 for c in clips) or len({c.shape[0] for c in clips}) > 1:
+        return t.apply(clips, params)  # float frames or clips of different lengths (which it rejects)
+    b, n, s = len(params), clips[0].shape[0], t.size
+    frames = torch.empty(b, n, s, s, 3, dtype=torch.uint8).permute(0, 1, 4, 2, 3)  # [B, T, 3, S, S]
+    direct = [i for i, p in enumerate(params) if p.resize is None and p.box.height == s and p.box.width == s]
+    if stacked and direct:
+        top, left, flip = (torch.tensor([[params[i].box.top, params[i].box.left, params[i].flip] for i in direct]).T)
+        rows = top[:, None] + torch.arange(s)
+        cols = left[:, None] + torch.arange(s)
+        cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
+        idx = torch.tensor(direct)
+        cut = clips[idx[:, None, None, None], torch.arange(n)[:, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        frames[idx] = cut.permute(0, 1, 4, 2, 3)
+    rest = sorted(set(range(b)) - set(direct if stacked else []))
+    for i in rest:
+        p = params[i]
+        x = T.to_frames(clips[i])
+        if p.resize is not None:
+            x = T.resize(x, p.resize, t.interpolation, t.antialias)
+        frames[i] = T.resize(T.crop(x, p.box), (s, s), t.interpolation, t.antialias)
+    flips = torch.tensor([i for i in rest if params[i].flip], dtype=torch.long)
+    if len(flips):  # flipping commutes with the float conversion that `geometry` does before it
+        frames[flips] = T.hflip(frames[flips])
+    x = frames.float().div_(255.0)
+    photo = T.PhotoParams.cat([p.photo for p in params])
+    if bool((photo.factors != 1).any() or photo.gray.any() or (photo.sigma > 0).any()):
+        x = T.photometric(x, photo, t.blur_kernel, inplace=True)
+    out = torch.empty(b, 3, n, s, s)
+    out.copy_(x.permute(0, 2, 1, 3, 4))
+    mean = torch.as_tensor(t.mean, dtype=out.dtype).view(-1, 1, 1, 1)
+    std = torch.as_tensor(t.std, dtype=out.dtype).view(-1, 1, 1, 1)
+    return out.sub_(mean).div_(std)
+
+
+def _pad_cut(specs: list[torch.Tensor], frames: int, dim: int) -> torch.Tensor:
+    """`pad_or_cut` of each spectrogram along `dim` (-1 or -2), stacked: zeros after the end."""
+    shape = list(specs[0].shape)
+    shape[dim] = frames
+    out = specs[0].new_zeros(len(specs), *shape)
+    for i, x in enumerate(specs):
+        n = min(frames, x.shape[dim])
+        out[i].narrow(dim, 0, n).copy_(x.narrow(dim, 0, n))
+    return out
+
+
+def mask_params(sa: T.SpecAugment, n_freq: int, n_time: int, gens) -> T.MaskParams:
+    """`SpecAugment.sample(n_freq, n_time, g)` of each generator, stacked (same draws, same spans)."""
+    uf, ut = [], []
+    for g in gens:  # per sample: the frequency draws, then the time draws (U[0, 1): `uniform` is exact)
+        uf.append(torch.rand(2 * sa.freq_masks, generator=g, dtype=torch.float64))
+        ut.append(torch.rand(2 * sa.time_masks, generator=g, dtype=torch.float64))
+
+    def spans(u: torch.Tensor, size: int, width: int, masks: int) -> torch.Tensor:
+        u = u.view(len(gens), 2, masks)
+        v = u[:, 0] * width
+        w = v.floor().clamp(max=size)
+        if sa.style == "torchaudio":
+            start = (u[:, 1] * (size - v)).floor().clamp(min=0)
+        else:
+            start = (u[:, 1] * (size - w + 1)).floor()
+        w = torch.minimum(w, size - start)
+        return torch.stack([start, w], -1).long()
+
+    return T.MaskParams(spans(torch.stack(uf), n_freq, sa.freq_width, sa.freq_masks),
+                        spans(torch.stack(ut), n_time, sa.time_width, sa.time_masks))  # fmt: skip
+
+
+def cavmae_fbank_batch(aug: T.CavmaeAugment, raw: list[torch.Tensor], gens, *, train: bool) -> torch.Tensor:
+    """`aug.fbank(raw[i], gens[i], train=train)` for every i, stacked [B, target_frames, mel]."""
+    x = _pad_cut(raw, aug.target_frames, -2)
+    if train and aug.specaugment is not None:
+        x = aug.specaugment.apply(x, mask_params(aug.specaugment, x.shape[-1], x.shape[-2], gens), freq_dim=-1, time_dim=-2)
+    x = (x - aug.norm_mean) / aug.norm_std
+    if train and aug.noise:
+        n_time = x.shape[-2]
+        lam, noise, shifts = [], [], []
+        for g in gens:  # noise_roll's draws: the clip's weight, the noise, the roll
+            lam.append(torch.rand(1, generator=g, dtype=torch.float64))
+            noise.append(torch.rand((1, *x.shape[1:]), generator=g, dtype=x.dtype))
+            shifts.append(torch.randint(-n_time, n_time, (1,), generator=g))
+        lam = torch.cat(lam).to(x.dtype)
+        x = x + torch.cat(noise) * (lam * _NOISE_SCALE).view(-1, 1, 1)
+        x = T.roll_time(x, torch.cat(shifts), -2)
+    return x
+
+
+def logfbank_batch(spec: T.AudioSpec, waves: list[torch.Tensor], gens, cfg: LogFbankConfig, frames: int | None) -> torch.Tensor:
+    """`spec(waves[i], logfbank, gens[i], frames)` for every i (no gain), stacked [B, 1, F, T]."""
+    assert spec.gain is None, "logfbank_batch: the pipeline applies the gain to the waveform"
+    by_len = defaultdict(list)
+    for i, w in enumerate(waves):
+        by_len[len(w)].append(i)
+    out: list = [None] * len(waves)
+    for idx in by_len.values():
+        for i, f in zip(idx, logfbank(torch.stack([waves[i] for i in idx]), cfg)):
+            out[i] = f
+    x = _pad_cut(out, frames, -1) if frames is not None else torch.stack(out)
+    if spec.spec_mean is not None:
+        x = (x - spec.spec_mean) / spec.spec_std
+    x = x[:, None]
+    if spec.specaugment is not None:
+        x = spec.specaugment.apply(x, mask_params(spec.specaugment, x.shape[-2], x.shape[-1], gens), freq_dim=1, time_dim=2)
+    return x
