@@ -4,6 +4,12 @@
 and audio from the shards (one ``pread`` per member, handles opened lazily per worker process)
 and is augmented with a generator seeded by (seed, epoch, i). So a sample is the same whatever
 the number of DataLoader workers or ranks, and a resumed run sees the same data.
+`__getitems__` builds a whole batch: random draws per sample, the work batched.
+
+Cache (`cache: auto | memory | off`, `cache_limit_gb`, see `xmodal.data._store_cache`): a split
+whose decoded size fits is decoded once into memory (frames, 16-bit PCM, the raw Kaldi log-mel
+of every window it can ask for) when `set_epoch` (or `warm_cache`) is first called in the main
+process; forked loader workers share it. Cached and uncached samples are identical bit for bit.
 
 Per sample (train roles):
   1. clip window: T frames every `stride` from a uniform start (`transforms.train_window`), or

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.data._store_pipeline import (
+from xmodal.data._store_transforms import (
     apply_clips,
     cavmae_fbank_batch,
     logfbank_batch,
