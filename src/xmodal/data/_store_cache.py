@@ -16,11 +16,14 @@ when its estimate fits in what is left of ``cache_limit_gb`` for the store (role
 first, so training gets the memory), otherwise it is read from the shards and a log line says why.
 The log-mel part is dropped alone when only it does not fit. ``memory`` caches whatever the size.
 
-Workers: the cache is built by the first process that needs it. The engine calls `set_epoch` in
-the main process before starting the loader, so forked workers read the parent's pages (never
+Workers: the cache is decoded in the main process, on the first `set_epoch` (the engine calls it
+before starting the loader), `warm_cache` or batch. Forked workers read the parent's pages (never
 written, so never copied); spawned workers get the tensors through torch's shared-memory pickling.
-A dataset used by workers before any call in the main process (e.g. evaluation) builds one cache
-per worker.
+A worker that finds the cache not yet decoded (a loader started before any of those calls, e.g.
+evaluation with workers) reads the shards rather than decoding a copy of its own.
+
+Memory: while decoding, the decoded samples and the packed tensors coexist (about twice the
+cache for a moment).
 """
 
 from __future__ import annotations
@@ -104,13 +107,14 @@ class StoreCache:
         self.block = np.full(n, -1, dtype=np.int64)  # which frame tensor holds entry i
         self.row = np.zeros(n, dtype=np.int64)  # its first row there
         blocks: dict[tuple[int, int], list[np.ndarray]] = {}  # frame size -> frames of its entries
+        ids: dict[tuple[int, int], int] = {}  # frame size -> block index
         used: dict[tuple[int, int], int] = {}  # frame size -> rows so far
         self.wave_start = np.zeros(n + 1, dtype=np.int64)
         for i, (f, w) in enumerate(decoded):
             if f is not None:
                 key = f.shape[1:3]
                 blocks.setdefault(key, []).append(f)
-                self.block[i], self.row[i] = list(blocks).index(key), used.get(key, 0)
+                self.block[i], self.row[i] = ids.setdefault(key, len(ids)), used.get(key, 0)
                 used[key] = self.row[i] + len(f)
             self.wave_start[i + 1] = self.wave_start[i] + len(w)
         self.frames = [torch.from_numpy(np.concatenate(b)) for b in blocks.values()]

@@ -99,9 +99,11 @@ def apply_clips(t: T.ClipTransform, clips, params: list[T.ClipParams]) -> torch.
 
     Crops that need no resampling (box of the output size, no pre-resize) are cut for the whole
     batch with one gather; the others go clip by clip through the same uint8 resize as
-    `ClipTransform.geometry` (on the same channels-last frames). Flips run on the uint8 frames (a
-    flip commutes with the float conversion); without photometric ops the uint8 frames go into the
-    output layout with one converting copy and are scaled and normalised in place.
+    `ClipTransform.geometry` (on the same channels-last frames). Flips act on the uint8 frames (a
+    flip commutes with the float conversion); photometric ops, when a clip has any, run on
+    contiguous frames (their per-frame results do not depend on the memory layout; the tests
+    compare); otherwise the uint8 frames go into the output layout with one converting copy and
+    are scaled and normalised in place.
     """
     stacked = isinstance(clips, torch.Tensor)
     clips = clips if stacked else [torch.as_tensor(c) for c in clips]
@@ -111,9 +113,10 @@ def apply_clips(t: T.ClipTransform, clips, params: list[T.ClipParams]) -> torch.
     frames = torch.empty(b, n, 3, s, s, dtype=torch.uint8)
     direct = [i for i, p in enumerate(params) if p.resize is None and p.box.height == s and p.box.width == s]
     direct = direct if stacked else []
-    if direct:
-        top, left = torch.tensor([[params[i].box.top, params[i].box.left] for i in direct]).T
+    if direct:  # flipped clips read their columns backwards
+        top, left, flip = torch.tensor([[params[i].box.top, params[i].box.left, params[i].flip] for i in direct]).T
         rows, cols = top[:, None] + torch.arange(s), left[:, None] + torch.arange(s)
+        cols = torch.where(flip[:, None].bool(), cols.flip(1), cols)
         idx = torch.tensor(direct)
         cut = clips[idx[:, None, None, None], torch.arange(n)[:, None, None], rows[:, None, :, None], cols[:, None, None, :]]
         frames[idx] = cut.permute(0, 1, 4, 2, 3)
@@ -122,10 +125,8 @@ def apply_clips(t: T.ClipTransform, clips, params: list[T.ClipParams]) -> torch.
         x = T.to_frames(clips[i])
         if p.resize is not None:
             x = T.resize(x, p.resize, t.interpolation, t.antialias)
-        frames[i] = T.resize(T.crop(x, p.box), (s, s), t.interpolation, t.antialias)
-    flips = torch.tensor([i for i, p in enumerate(params) if p.flip], dtype=torch.long)
-    if len(flips):
-        frames[flips] = T.hflip(frames[flips])
+        x = T.resize(T.crop(x, p.box), (s, s), t.interpolation, t.antialias)
+        frames[i] = T.hflip(x) if p.flip else x
     out = torch.empty(b, 3, n, s, s)
     photo = T.PhotoParams.cat([p.photo for p in params])
     if bool((photo.factors != 1).any() or photo.gray.any() or (photo.sigma > 0).any()):
