@@ -66,6 +66,7 @@ def collect_outputs(
     subset = torch.utils.data.Subset(dataset, idx) if world > 1 else dataset
     if collate is None:
         from xmodal.data.bundle import collate
+    getattr(dataset, "warm_cache", lambda: None)()  # decode a store cache once, before workers fork
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     was_training = method.training
     method.eval()
