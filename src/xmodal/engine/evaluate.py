@@ -58,6 +58,7 @@ def collect_outputs(
     amp: str = "auto",
     desc: str = "eval",
     step_fn: str = "eval_step",
+    progress_bar: bool = True,
 ) -> dict:
     """eval_step outputs for every sample of `dataset`, gathered from all ranks (order: by rank)."""
     device = device or next((p.device for p in method.parameters()), torch.device("cpu"))
@@ -73,7 +74,7 @@ def collect_outputs(
     parts = []
     fn = getattr(method, step_fn)
     try:
-        for batch in progress(loader, desc=desc, enabled=rank == 0):
+        for batch in progress(loader, desc=desc, enabled=rank == 0 and progress_bar):
             with autocast_ctx(device, amp):
                 out = fn(to_device(batch, device))
             parts.append(to_device(out, torch.device("cpu")))
