@@ -295,8 +295,11 @@ def recompute_batchnorm(model: torch.nn.Module, loader, batches: int, device: to
 
     Frozen teachers keep their statistics (they stay in eval mode). Returns the batches used.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training is not None]
-    bns = [m for m in bns if m.track_running_stats and any(p.requires_grad for p in m.parameters())]
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        and any(p.requires_grad for p in m.parameters())
+    ]
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
