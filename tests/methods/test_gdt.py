@@ -127,6 +127,11 @@ def test_text_variant_reads_token_views_and_keeps_vectors_frozen():
     out.total.backward()
     assert torch.isfinite(out.total) and m.audio.fc.weight.grad.abs().sum() > 0
     assert not any(k.startswith("audio.table") for k in m.state_dict())  # rebuilt, never saved
+    # raw captions (the store's "text" key) are tokenised by the encoder's own tokenizer
+    raw = {**batch, "text": caps, "text_shift": caps[1:] + caps[:1]}
+    torch.testing.assert_close(m.eval().training_step(raw).total, m.training_step(batch).total)
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        build(audio_key="fbank").training_step({**prepared_batch(), "fbank": caps})
 
 
 # ---------------------------------------------------------------- 1 process == 2 gloo processes
@@ -170,6 +175,7 @@ def test_recipes_parse():
     for path in sorted((root / "gdt").glob("*.yaml")) + sorted((root / "stica").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg.method.name in ("gdt", "stica"), path
+    assert load_config(root / "gdt" / "howto100m.yaml").method.audio.name == "text_gdt"
     k400 = load_config(root / "gdt" / "kinetics400.yaml")
     assert k400.method.temperature == 0.07 and k400.data.views == "gdt" and k400.optim.lr == 0.64
     for path in sorted((root / "eval").glob("*finetune.yaml")):

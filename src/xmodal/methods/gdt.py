@@ -67,6 +67,7 @@ class GDTConfig:
     negatives: Literal["clean", "official"] = "clean"
     video_key: str = "video"
     audio_key: str = "fbank"  # "text" for the video-text variant
+    text_max_words: int = 20  # captions given as strings are tokenised to this many words
     views: cv.ClipViewsConfig = field(default_factory=cv.ClipViewsConfig)
     sync_bn: bool = True  # SyncBatchNorm when distributed on CUDA (§5.1)
 
@@ -133,14 +134,26 @@ class GDT(Method):
 
     def prepared_views(self, batch: dict) -> dict[str, tuple[Tensor, Tensor]]:
         c = self.cfg
-        return {v: (self._key(batch, c.video_key + VIEW_SUFFIX[v]), encoder_input(self._key(batch, c.audio_key + VIEW_SUFFIX[v])))
+        return {v: (self._key(batch, c.video_key + VIEW_SUFFIX[v]), self.second_input(self._key(batch, c.audio_key + VIEW_SUFFIX[v])))
                 for v in self.views_used}
+
+    def second_input(self, x) -> Tensor:
+        """The second modality's batch value as its encoder input: fbank [B, frames, mel] ->
+        [B, 1, mel, frames]; raw captions (a list of str, as the store gives "text") -> token ids
+        with the caption encoder's own tokenizer."""
+        if isinstance(x, (list, tuple)):
+            tokenizer = getattr(self.audio, "tokenizer", None)
+            if tokenizer is None:
+                raise ConfigError(f"method.audio_key: '{self.cfg.audio_key}' holds strings but "
+                                  f"'{self.cfg.audio.name}' has no tokenizer (use text_gdt)")
+            return tokenizer.encode(list(x), self.cfg.text_max_words).to(next(self.audio.parameters()).device)
+        return encoder_input(x)
 
     def derived_views(self, batch: dict) -> dict[str, tuple[Tensor, Tensor]]:
         """Two GDT windows per clip, their time reversals, independent spatial augmentation per view."""
         vc = self.cfg.views
         video = self._key(batch, self.cfg.video_key)
-        spec = encoder_input(self._key(batch, self.cfg.audio_key))
+        spec = self.second_input(self._key(batch, self.cfg.audio_key))
         b, n = video.shape[0], video.shape[2]
         length = vc.frames or n
         a_len = cv.spec_window(self.fps, vc.spec_rate, length) if vc.frames else spec.shape[-1]
@@ -162,7 +175,7 @@ class GDT(Method):
         vc = self.cfg.views
         video = self._key(batch, self.cfg.video_key)
         spec = batch.get(self.cfg.audio_key)
-        spec = encoder_input(spec) if spec is not None else None
+        spec = self.second_input(spec) if spec is not None else None
         if not vc.enabled:
             return video, spec
         n = video.shape[2]
