@@ -90,6 +90,21 @@ def audio_window_starts(starts: Tensor, fps: float, spec_rate: float, length: in
     return (starts.double() / fps * spec_rate).round().long().clamp(0, total - length)
 
 
+def cut_window(video: Tensor, spec: Tensor | None, starts: Tensor, length: int, fps: float,
+               spec_rate: float) -> tuple[Tensor, Tensor | None]:
+    """Per-sample window of `length` frames from `starts` and the aligned spectrogram window
+    (spec_window frames from audio_window_starts); the spectrogram is kept whole when the window
+    is the whole clip."""
+    if spec is not None and not spec.is_floating_point():
+        raise ConfigError("views.enabled cuts windows of a spectrogram; token ids need prepared views")
+    n = video.shape[2]
+    clip = video if length == n else take_window(video, starts, length, 2)
+    if spec is None or length == n:
+        return clip, spec
+    a_len = spec_window(fps, spec_rate, length)
+    return clip, take_window(spec, audio_window_starts(starts, fps, spec_rate, a_len, spec.shape[-1]), a_len, -1)
+
+
 def _boxes(b: int, h: int, w: int, size: int, scale: tuple[float, float], gen) -> tuple[Tensor, ...]:
     """Per-sample crop boxes (x0, y0, bw, bh) in pixels: fixed size `size` when scale == (1, 1),
     else RandomResizedCrop with area fraction ~ U(scale) and log-ratio ~ U(log 3/4, log 4/3)."""

@@ -156,14 +156,11 @@ class GDT(Method):
         spec = self.second_input(self._key(batch, self.cfg.audio_key))
         b, n = video.shape[0], video.shape[2]
         length = vc.frames or n
-        a_len = cv.spec_window(self.fps, vc.spec_rate, length) if vc.frames else spec.shape[-1]
         out = {}
         for clip in ("V", "V2"):
             if clip + "R" not in self.views_used and clip not in self.views_used:
                 continue
-            s = cv.gdt_window_starts(n, length, b)
-            v = cv.take_window(video, s, length, 2)
-            a = cv.take_window(spec, cv.audio_window_starts(s, self.fps, vc.spec_rate, a_len, spec.shape[-1]), a_len, -1)
+            v, a = cv.cut_window(video, spec, cv.gdt_window_starts(n, length, b), length, self.fps, vc.spec_rate)
             for view, flip in ((clip, False), (clip + "R", True)):
                 if view in self.views_used:
                     vv, aa = (v.flip(2), a.flip(-1)) if flip else (v, a)
@@ -181,11 +178,8 @@ class GDT(Method):
         n = video.shape[2]
         length = vc.frames or n
         s = torch.full((video.shape[0],), cv.center_start(n, length))
-        video = cv.spatial_view(cv.take_window(video, s, length, 2), vc, train=False)
-        if spec is not None and vc.frames:
-            a_len = cv.spec_window(self.fps, vc.spec_rate, length)
-            spec = cv.take_window(spec, cv.audio_window_starts(s, self.fps, vc.spec_rate, a_len, spec.shape[-1]), a_len, -1)
-        return video, spec
+        video, spec = cv.cut_window(video, spec, s, length, self.fps, vc.spec_rate)
+        return cv.spatial_view(video, vc, train=False), spec
 
     # --------------------------------------------------------------------------------- training
     def training_step(self, batch: dict) -> LossOut:

@@ -117,11 +117,7 @@ class STiCA(Method):
         b, n = video.shape[0], video.shape[2]
         length = vc.frames or n
         s = cv.gdt_window_starts(n, length, b) if train else torch.full((b,), cv.center_start(n, length))
-        video = cv.take_window(video, s, length, 2)
-        if spec is not None and vc.frames:
-            a_len = cv.spec_window(self.fps, vc.spec_rate, length)
-            spec = cv.take_window(spec, cv.audio_window_starts(s, self.fps, vc.spec_rate, a_len, spec.shape[-1]), a_len, -1)
-        return video, spec
+        return cv.cut_window(video, spec, s, length, self.fps, vc.spec_rate)
 
     def train_views(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         if self.cfg.views.enabled:
