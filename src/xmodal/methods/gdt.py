@@ -101,8 +101,11 @@ def build_encoder(spec: Any, what: str) -> nn.Module:
 
 
 def maybe_sync_bn(module: nn.Module, enabled: bool) -> nn.Module:
-    """SyncBatchNorm across processes (§5.1) when distributed on CUDA; CPU/gloo keeps per-process BN."""
-    if enabled and dist.world_size() > 1 and torch.cuda.is_available():
+    """SyncBatchNorm across processes (§5.1) when distributed with NCCL (CUDA); gloo (CPU) keeps
+    per-process BatchNorm, as SyncBatchNorm needs CUDA tensors."""
+    import torch.distributed as tdist
+
+    if enabled and dist.world_size() > 1 and tdist.get_backend() == "nccl":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return module
 
