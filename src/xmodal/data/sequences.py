@@ -8,8 +8,9 @@
   padding), the target's action/verb/noun, the action of every observed frame (AVT's past
   labels, -1 in gaps/padding), and the candidate histories of past action ids the text teacher
   reads. In memory, deterministic, built in about a second.
-* ``action_history``: the text teacher's records from EGTEA Gaze+ / EPIC-Kitchens-55 annotation
-  CSVs (history texts only; the video student reads a prepared `store`).
+* ``action_history``: the text teacher's records of an imported EGTEA Gaze+ / EPIC-Kitchens-55
+  folder (`xmodal import egtea|epic55`; history texts only). The video student reads a prepared
+  `store` of the observed windows (`anticipation_window_rows`, `xmodal textkd windows`).
 
 Batch keys: "video" [3,T,H,W] in [-1, 1] (AVT normalisation, mean = std = 0.5), "label"
 (action), "verb", "noun", "past_labels" [T], "history" (list of candidate histories), "uid",
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,8 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from xmodal.data.bundle import DataBundle, DataInfo, DictDataset, collate
-from xmodal.data.embedded.avdigits_seq import SeqConfig, assemble_video, frame_actions, generate_sequences, grammar
-from xmodal.data.text import HistoryRecord, build_histories
+from xmodal.data.embedded.avdigits_seq import (
+    SeqConfig,
+    assemble_video,
+    frame_actions,
+    generate_sequences,
+    grammar,
+)
+from xmodal.data.text import ActionInfo, HistoryRecord, Segment, build_histories
 from xmodal.errors import ConfigError, DataError
 from xmodal.registry import register_dataset
 
@@ -291,54 +299,74 @@ def avdigits_seq_data(cfg: SequencesDataConfig) -> DataBundle:
 # ------------------------------------------------------------------------------ action_history
 @dataclass
 class ActionHistoryConfig:
-    """`action_history`: teacher records from EGTEA / EK55 annotation CSVs (frames at `fps`)."""
+    """`action_history`: teacher records of an imported EGTEA / EK55 folder (`xmodal import egtea|epic55`).
+
+    Reads `manifest.jsonl` (rows: uid, split, labels [action], start, end, group = video, meta
+    verb/noun) and, next to it, `actions.json` (id, verb, noun, name, text) and, when present,
+    `many_shot.json`. Histories are rebuilt from the rows (not read from meta, which the importer
+    may have cut to its `history_len`), with the same rule as the importer.
+    """
 
     name: str = "action_history"
-    format: Literal["egtea", "ek55"] = "egtea"
-    actions: str = ""  # EGTEA action list (`id, verb_noun ids, Verb_noun`) / EK55 actions.csv
-    train: str = ""  # annotation CSV of the training segments
-    val: str | None = None  # annotation CSV of the evaluation segments (EGTEA test split / RULSTM val)
+    manifest: str = ""
+    train: str = "train"  # split names of the manifest per role
+    val: str | None = "val"
     test: str | None = None
-    fps: float = 30.0
-    tau_a: float = 1.0
+    tau_a: float = 1.0  # EGTEA 0.5 (AVT config), EK55 1.0
     max_gap: float | None = None  # seconds; cuts the past into candidate histories (see build_histories)
-    history_splits: list[str] | None = None  # whose labels may appear in a history (None: every split)
-    many_shot_verbs: str | None = None  # EK55 EPIC_many_shot_verbs.csv
-    many_shot_nouns: str | None = None
     features: dict[str, str] = field(default_factory=dict)
     missing_features: Literal["error", "zeros"] = "error"
 
     def validate(self) -> None:
-        if not self.actions or not self.train:
-            raise ValueError("actions and train: paths of the action list and the training annotation CSV are required")
-        if (self.many_shot_verbs is None) != (self.many_shot_nouns is None):
-            raise ValueError("many_shot_verbs / many_shot_nouns: give both or neither")
+        if not self.manifest:
+            raise ValueError("manifest: path of an imported manifest.jsonl (xmodal import egtea|epic55) is required")
+
+
+def read_imported_actions(folder: Path) -> list[ActionInfo]:
+    """`actions.json` written by the EGTEA / EK55 importers, ordered by id (must be 0..K-1)."""
+    import json
+
+    path = folder / "actions.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (written by `xmodal import egtea|epic55` next to the manifest)")
+    try:
+        acts = [ActionInfo(int(a["id"]), int(a["verb"]), int(a["noun"]), str(a["name"]), str(a["text"]))
+                for a in json.loads(path.read_text(encoding="utf-8"))]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: expected a list of {{id, verb, noun, name, text}} ({e})") from None
+    acts.sort(key=lambda a: a.id)
+    if [a.id for a in acts] != list(range(len(acts))):
+        raise DataError(f"{path}: action ids must be 0..{len(acts) - 1}")
+    return acts
 
 
 @register_dataset("action_history", config=ActionHistoryConfig)
 def action_history_data(cfg: ActionHistoryConfig) -> DataBundle:
-    from xmodal.data.text import many_shot_actions, read_egtea_actions, read_ek55_actions, read_many_shot, read_segments_csv
+    """Text-teacher records (history, action/verb/noun, uid) of the roles' manifest splits."""
+    import json
+
+    from xmodal.data.manifest import read_manifest
 
     try:
         cfg.validate()
     except ValueError as e:
         raise ConfigError(f"data (action_history): {e}") from None
-    actions = (read_egtea_actions if cfg.format == "egtea" else read_ek55_actions)(cfg.actions)
-    ids = [a.id for a in actions]
-    if sorted(ids) != list(range(len(ids))):
-        raise DataError(f"{cfg.actions}: action ids must be 0..{len(ids) - 1}, found {min(ids)}..{max(ids)} ({len(ids)} rows)")
-    actions = sorted(actions, key=lambda a: a.id)
-    csvs = {r: p for r, p in (("train", cfg.train), ("val", cfg.val), ("test", cfg.test)) if p}
-    segs = [s for r, p in csvs.items() for s in read_segments_csv(p, r, fps=cfg.fps)]
-    bad = next((s for s in segs if not 0 <= s.action < len(actions)), None)
-    if bad is not None:
-        raise DataError(f"{csvs[bad.split]}: segment '{bad.uid}': action {bad.action} not in the action list ({len(actions)})")
-    records = build_histories(segs, cfg.tau_a, max_gap=cfg.max_gap, history_splits=cfg.history_splits)
-    by_role = {r: [x for x in records if x.split == r] for r in csvs}
+    path = Path(cfg.manifest)
+    actions = read_imported_actions(path.parent)
+    roles = {r: sp for r, sp in (("train", cfg.train), ("val", cfg.val), ("test", cfg.test)) if sp}
+    segs = []
+    for i, row in enumerate(read_manifest(path), 1):
+        if len(row.labels) != 1 or not 0 <= row.labels[0] < len(actions) or row.start is None or row.end is None:
+            raise DataError(f"{path}:{i}: uid '{row.uid}': expected one action label in 0..{len(actions) - 1} and start/end")
+        a = actions[row.labels[0]]
+        segs.append(Segment(row.uid, row.group or "", row.start, row.end, a.id, a.verb, a.noun, row.split))
+    records = build_histories(segs, cfg.tau_a, max_gap=cfg.max_gap)
+    by_role = {r: [x for x in records if x.split == sp] for r, sp in roles.items()}
+    if not by_role["train"]:
+        raise DataError(f"{path}: no rows in split '{cfg.train}' (data.train)")
     many = None
-    if cfg.many_shot_verbs:
-        many = many_shot_actions({a.id: (a.verb, a.noun) for a in actions}, read_many_shot(cfg.many_shot_verbs),
-                                 read_many_shot(cfg.many_shot_nouns))
+    if (path.parent / "many_shot.json").is_file():
+        many = json.loads((path.parent / "many_shot.json").read_text(encoding="utf-8"))["actions"]
 
     def part(role: str) -> SequenceDataset | None:
         recs = by_role.get(role)
@@ -352,3 +380,51 @@ def action_history_data(cfg: ActionHistoryConfig) -> DataBundle:
                      max(a.verb for a in actions) + 1, max(a.noun for a in actions) + 1, by_role["train"], many,
                      class_names=[a.name for a in actions], tau_a=cfg.tau_a)
     return DataBundle(train=part("train"), val=part("val"), test=part("test"), info=info, collate=collate)
+
+
+# ------------------------------------------------------------------------ anticipation windows
+def anticipation_window_rows(rows: Sequence[Any], *, tau_a: float, tau_o: float) -> list[Any]:
+    """Segment manifest rows -> rows whose media span is the observed window of each segment.
+
+    The window of a segment starting at s is [max(0, s − tau_a − tau_o), s − tau_a]; rows whose
+    window would end before the video starts (s < tau_a) are dropped (nothing is observed). The
+    segment's own start/end move to meta `segment_start` / `segment_end`; uid, split, labels,
+    group and the rest of meta are kept, so teacher predictions and the student share uids.
+    """
+    from dataclasses import replace
+
+    out = []
+    for r in rows:
+        if r.start is None:
+            raise DataError(f"manifest row '{r.uid}': no start time; anticipation windows need segment times")
+        end = r.start - tau_a
+        if end <= 0:
+            continue
+        meta = {**r.meta, "segment_start": r.start, "segment_end": r.end}
+        out.append(replace(r, start=max(0.0, end - tau_o), end=end, meta=meta))
+    return out
+
+
+def past_frame_labels(segment_rows: Sequence[Any], window_rows: Sequence[Any], *, fps: float, frames: int) -> dict[str, list[int]]:
+    """AVT's past-frame labels for windows prepared as dense stores at `fps`.
+
+    A dense store keeps the frames at ``start + k / fps < end`` (n = ceil((end − start)·fps));
+    the student reads the last `frames` of them. Each gets the action of the segment of the same
+    video (group) that covers its time (the latest-starting one when segments overlap), else −1;
+    positions before the first stored frame are −1.
+    """
+    by_video: dict[str, list[tuple[float, float, int]]] = {}
+    for r in segment_rows:
+        by_video.setdefault(r.group or "", []).append((float(r.start), float(r.end), int(r.labels[0])))
+    table = {v: np.array(sorted(s), dtype=np.float64) for v, s in by_video.items()}
+    out = {}
+    for w in window_rows:
+        n = int(np.ceil((w.end - w.start) * fps - 1e-9))
+        k = np.arange(n - frames, n)
+        t = w.start + k / fps
+        segs = table.get(w.group or "", np.zeros((0, 3)))
+        cover = (segs[None, :, 0] <= t[:, None]) & (t[:, None] < segs[None, :, 1])  # [T, S]
+        last = np.where(cover.any(1), cover.shape[1] - 1 - cover[:, ::-1].argmax(1), -1)
+        lab = np.where(last >= 0, segs[last.clip(0), 2] if len(segs) else -1, -1).astype(np.int64)
+        out[w.uid] = np.where(k >= 0, lab, -1).tolist()
+    return out
