@@ -101,7 +101,7 @@ def test_teacher_store_is_joined_by_uid_and_a_missing_uid_is_named(tmp_path):
     assert b["teacher.feature"].shape == (2, 4)
     gone = data.test.uids[3]
     keep = [i for i, u in enumerate(uids) if u != gone]
-    FeatureStore.write(tmp_path / "q.safetensors", [uids[i] for i in keep], {"logits": logits[keep]})
+    FeatureStore.write(tmp_path / "q.safetensors", [uids[i] for i in keep], {"logits": logits[keep], "feature": torch.zeros(len(keep), 2)})
     with pytest.raises(DataError, match=f"'{gone}'"):
         avdigits_seq_data(SequencesDataConfig(inputs=[], features={"teacher": str(tmp_path / "q.safetensors")}, **CFG))
     lax = avdigits_seq_data(SequencesDataConfig(inputs=[], features={"teacher": str(tmp_path / "q.safetensors")},

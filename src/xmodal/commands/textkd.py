@@ -40,7 +40,8 @@ def add_commands(sub, common) -> None:
     m.add_argument("--init", default=None, help="start from this local HF folder (default: random init of --family/--size)")
     m.add_argument("--family", default="bert", help="random init: bert, roberta, distilbert, albert, deberta, electra")
     m.add_argument("--size", default="tiny", choices=["tiny", "base"], help="random init size (default: tiny)")
-    m.add_argument("--vocab-size", type=int, default=1000, help="random init: WordPiece vocabulary trained on the corpus")
+    m.add_argument("--vocab-size", type=int, default=0,
+                   help="random init: 0 = every word of the corpus (deterministic), N = a WordPiece vocabulary of N trained on it")
     m.add_argument("--steps", type=int, default=200_000, help="optimisation steps (default: 200000, the published run)")
     m.add_argument("--batch-size", type=int, default=12, help="(default: 12)")
     m.add_argument("--lr", type=float, default=5e-5, help="peak lr, linear decay to 0 (default: 5e-5)")
@@ -120,13 +121,17 @@ def read_corpus(path: str | Path) -> list[str]:
 
 
 def cmd_mlm(args: argparse.Namespace) -> int:
+    import torch
+
+    from xmodal.methods.text_teacher import word_tokenizer
     from xmodal.models.text import mlm_pretrain, text_config, train_wordpiece_tokenizer
 
     lines = read_corpus(args.corpus)
     tokenizer = None
     init = args.init
+    torch.manual_seed(args.seed)  # the random init below draws from the global generator
     if init is None:
-        tokenizer = train_wordpiece_tokenizer(lines, vocab_size=args.vocab_size)
+        tokenizer = train_wordpiece_tokenizer(lines, vocab_size=args.vocab_size) if args.vocab_size else word_tokenizer(lines)
         init = text_config(args.family, size=args.size, vocab_size=len(tokenizer), max_len=args.max_len,
                            pad_token_id=tokenizer.pad_token_id)
     res = mlm_pretrain(init, lines, args.out, tokenizer=tokenizer, steps=args.steps, batch_size=args.batch_size,

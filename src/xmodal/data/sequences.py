@@ -14,10 +14,11 @@
 
 Batch keys: "video" [3,T,H,W] in [-1, 1] (AVT normalisation, mean = std = 0.5), "label"
 (action), "verb", "noun", "past_labels" [T], "history" (list of candidate histories), "uid",
-"group" (video), plus per feature store `features: {key: file}` the store's tensors as
-"key.<tensor>" (a teacher prediction store gives "teacher.logits" and "teacher.feature") and
-"key.present" (bool: False where the store has no row for the uid; only with
-``missing_features: zeros``, else a missing uid is an error naming it).
+"group" (video), plus per feature store `features: {key: file}` its tensors, named as the `store`
+source names them ("key" for a one-tensor store, else "key.<tensor>": a teacher prediction store
+gives "teacher.logits" and "teacher.feature"), and "key.present" (bool: False where the store
+has no row for the uid; only with ``missing_features: zeros``, else a missing uid is an error
+naming it).
 
 `DataInfo.extra` carries what the teacher and the anticipation metrics need: "action_texts",
 "action_verb" / "action_noun" (action -> verb / noun ids), "num_verbs", "num_nouns",
@@ -87,17 +88,17 @@ def record_columns(records: Sequence[HistoryRecord]) -> dict[str, Any]:
 
 
 def feature_columns(uids: Sequence[str], features: Mapping[str, str], missing: str) -> dict[str, Any]:
-    """Per feature store, its rows for `uids` as columns "key.<tensor>" (+ "key.present")."""
+    """Per feature store, its rows for `uids` as columns named like the `store` source names them
+    ("key" for a one-tensor store, else "key.<tensor>"), plus "key.present" with missing zeros."""
     if not features:
         return {}
-    from xmodal.data.features import FeatureStore
+    from xmodal.data.features import FeatureStore, feature_keys
 
     out: dict[str, Any] = {}
     for key, path in features.items():
         store = FeatureStore(path, missing="zeros" if missing == "zeros" else "error")
-        rows = store.get_many(list(uids))
-        for name, value in rows.items():
-            out[f"{key}.{name}"] = value
+        names = feature_keys(key, store)
+        out.update({names[n]: v for n, v in store.get_many(list(uids)).items()})
         if missing == "zeros":
             out[f"{key}.present"] = torch.tensor([u in store for u in uids], dtype=torch.bool)
     return out

@@ -11,8 +11,9 @@ optionally with "balanced" class weights w_c = N / (K·n_c) from the training ta
 Training uses one row per distinct candidate text of a sample; evaluation and the prediction dump
 use the MEAN logits (and first-token feature) over a sample's candidates.
 
-Tokenizer: `tokenizer` (a local folder), else the backbone folder's, else (random init) a WordPiece
-vocabulary trained on the data's action texts — deterministic, so a run folder rebuilds it.
+Tokenizer: `tokenizer` (a local folder), else the backbone folder's, else (random init) a BERT
+tokenizer whose vocabulary is every word of the data's action texts (`word_tokenizer`; built,
+not trained, so a run folder rebuilds exactly the same ids).
 The optimiser of the published runs is the recipe's: AdamW lr 1e-5, eps 1e-8, weight decay 1e-7
 with `no_decay: [bias, gamma, beta]`, constant lr.
 """
@@ -38,7 +39,6 @@ class TextTeacherConfig:
     family: str = "bert"  # random init: bert | roberta | distilbert | albert | deberta | deberta-v2 | electra
     size: Literal["tiny", "base"] = "tiny"  # random init size
     tokenizer: str | None = None  # local tokenizer folder; default: the backbone's
-    vocab_size: int = 200  # WordPiece vocabulary trained on the action texts (random init, no tokenizer)
     hist_len: int = 15  # EGTEA 15, EK55 5
     max_len: int = 512  # tokens kept (the last ones)
     multi_task: bool = True
@@ -51,8 +51,23 @@ class TextTeacherConfig:
             raise ValueError(f"hist_len must be >= 1 and max_len >= 3, found {self.hist_len}, {self.max_len}")
 
 
+def word_tokenizer(texts: list[str]) -> Any:
+    """Lower-casing BERT tokenizer ([CLS] text [SEP]) whose vocabulary is the special tokens plus
+    every word / punctuation piece of `texts` and of the `<v>` / `<a>` separators, sorted."""
+    from tokenizers import normalizers, pre_tokenizers
+    from transformers import BertTokenizerFast
+
+    from xmodal.data.text import VERB_SEP
+    from xmodal.models.text import SPECIAL_TOKENS
+
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = {w for t in [*texts, ACTION_SEP, VERB_SEP] for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))}
+    vocab = [*SPECIAL_TOKENS, *sorted(words - set(SPECIAL_TOKENS))]
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+
+
 def build_tokenizer(cfg: TextTeacherConfig, action_texts: list[str]) -> Any:
-    from xmodal.models.text import default_backbone_dir, load_tokenizer, train_wordpiece_tokenizer
+    from xmodal.models.text import default_backbone_dir, load_tokenizer
 
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
@@ -63,8 +78,7 @@ def build_tokenizer(cfg: TextTeacherConfig, action_texts: list[str]) -> Any:
         return load_tokenizer(d)
     if cfg.backbone:
         return load_tokenizer(cfg.backbone)
-    # every action once, joined as in a history, so the separators' pieces are in the vocabulary
-    return train_wordpiece_tokenizer([ACTION_SEP.join(action_texts), *action_texts], vocab_size=cfg.vocab_size)
+    return word_tokenizer(action_texts)
 
 
 def balanced_weights(counts: list[int]) -> torch.Tensor:
