@@ -53,22 +53,31 @@ def pipeline(tmp_path_factory):
 
 @pytest.mark.slow
 def test_teacher_predicts_the_next_action_from_history_far_above_chance(pipeline):
+    from xmodal.commands.textkd import text_only
+    from xmodal.config import load_config
+    from xmodal.registry import DATASETS
+
     m = final(pipeline["root"] / "teacher")["test"]
-    # chance: 1/24 = 4.2 % top-1, 20.8 % top-5; always the most frequent action: ~15 % top-1
-    assert m["top1"] > 30.0 and m["top5"] > 65.0, m
-    assert m["cm_recall5"] > 55.0 and m["verb_top1"] > 50.0, m
+    data = DATASETS.build(text_only(load_config(RECIPES / "avdigits-teacher.yaml").data))
+    most = int(torch.bincount(data.train.columns["label"]).argmax())
+    prior = 100.0 * (data.test.columns["label"] == most).double().mean().item()  # ~15 %
+    # measured (docs/textkd.md): top-1 ~47-49 %, top-5 ~78 %; chance 4.2 % / 20.8 %
+    assert m["top1"] > max(35.0, prior + 20.0) and m["top5"] > 70.0, (m, prior)
+    assert m["cm_recall5"] > 60.0 and m["verb_top1"] > 50.0, m
 
 
 @pytest.mark.slow
 def test_kd_student_beats_the_student_without_kd_on_each_seed(pipeline):
+    # measured over 6 seeds (docs/textkd.md): top-5 +3.4..+6.7, class-mean top-5 recall +5.4..+9.8
     gains = []
     for seed in SEEDS:
         base = final(pipeline["students"][False, seed])["test"]
         kd = final(pipeline["students"][True, seed])["test"]
         gains.append((kd["top5"] - base["top5"], kd["cm_recall5"] - base["cm_recall5"]))
     for top5, cm5 in gains:
-        assert top5 > 1.0 and cm5 > 4.0, gains
-    assert sum(g[0] for g in gains) / len(gains) > 2.0 and sum(g[1] for g in gains) / len(gains) > 6.0, gains
+        assert top5 > 1.5 and cm5 > 2.5, gains
+    mean_top5, mean_cm5 = (sum(g[i] for g in gains) / len(gains) for i in (0, 1))
+    assert mean_top5 > 2.5 and mean_cm5 > 4.0, gains
 
 
 @pytest.mark.slow
@@ -81,7 +90,7 @@ def test_predictions_are_stored_once_for_every_segment_and_only_read(pipeline, m
 
     store = FeatureStore(pipeline["preds"])
     assert pipeline["preds"].stat().st_mtime_ns == pipeline["stamp"]  # four students later: untouched
-    data = DATASETS.build(text_only(load_config(RECIPES / "avdigits-seq.yaml").data))
+    data = DATASETS.build(text_only(load_config(RECIPES / "avdigits-teacher.yaml").data))
     uids = [u for ds in (data.train, data.val, data.test) for u in ds.uids]
     assert sorted(store.uids) == sorted(uids) and store.row_shapes == {"logits": (24,), "feature": (64,)}
     assert store.meta["hist_len"] == "5" and json.loads(store.meta["splits"])["test"] == len(data.test)

@@ -69,6 +69,8 @@ def test_space_from_files(tmp_path):
     sp = ActionSpace.from_files(str(tmp_path / "actions.json"), str(tmp_path / "many_shot.json"))
     assert sp.action_verb == VERB and sp.action_noun == NOUN
     assert (sp.many_shot_actions, sp.many_shot_verbs, sp.many_shot_nouns) == ([1], [0], [1])
+    merged = ActionSpace.from_files(many_shot=str(tmp_path / "many_shot.json")).or_else(ActionSpace(VERB, NOUN, [0]))
+    assert merged.action_verb == VERB and merged.many_shot_actions == [1]
 
 
 def test_ensemble_averages_probabilities_after_uid_alignment():

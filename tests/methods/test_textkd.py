@@ -137,3 +137,25 @@ def test_recipe_section_validation():
         config_from_data({"method": {"name": "textkd", "kd": {"variant": "topk"}}, "data": {"name": "gauss"}})
     with pytest.raises(ConfigError, match="temperature"):
         from_dict(KDConfig, {"temperature": 0.0})
+
+
+@pytest.mark.parametrize("name", ["egtea-teacher", "egtea-student-kd", "egtea-student-avt", "ek55-teacher",
+                                  "ek55-student-kd", "ek55-student-avt", "avdigits-teacher", "avdigits-student",
+                                  "avdigits-student-kd"])
+def test_recipes_load_with_the_published_kd_settings(name):
+    from pathlib import Path
+
+    from xmodal.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes" / "textkd" / f"{name}.yaml")
+    m = cfg.method
+    if name.startswith("egtea-student-kd") or name == "avdigits-student-kd":
+        assert (m.kd.weight, m.kd.temperature, m.kd.variant, m.kd.reduction) == (150.0, 10.0, "full", "elements_mean")
+        assert "teacher" in cfg.data.features
+    elif name == "ek55-student-kd":
+        assert (m.kd.weight, m.kd.temperature, m.kd.variant, m.kd.k) == (20.0, 5.0, "top_k", 50)
+    elif name.endswith(("-avt", "-student")):
+        assert m.kd.weight == 0.0 and "teacher" not in cfg.data.features
+    else:
+        assert m.name == "text_teacher" and m.hist_len == {"egtea": 15, "ek55": 5, "avdigits": 5}[name.split("-")[0]]
+        assert m.class_weights == ("balanced" if name.startswith("egtea") else "none")

@@ -39,6 +39,10 @@ class ActionSpace:
         return cls(*(extra.get(k) for k in ("action_verb", "action_noun", "many_shot_actions",
                                              "many_shot_verbs", "many_shot_nouns")))  # fmt: skip
 
+    def or_else(self, other: ActionSpace) -> ActionSpace:
+        """This space's fields, with `other`'s where this one has none."""
+        return ActionSpace(*(a if a is not None else b for a, b in zip(vars(self).values(), vars(other).values())))
+
     @classmethod
     def from_files(cls, actions: str | None = None, many_shot: str | None = None) -> ActionSpace:
         """From an importer's `actions.json` (id, verb, noun, ...) and `many_shot.json` (actions, verbs, nouns)."""

@@ -90,11 +90,8 @@ class TextKD(Method):
         self.model = MODELS.build(fill_model_dims(cfg.model, info, cfg.input_key))
         from xmodal.eval.anticipation import ActionSpace
 
-        space = ActionSpace.from_info(info.extra)
-        if cfg.actions or cfg.many_shot:
-            files = ActionSpace.from_files(cfg.actions, cfg.many_shot)
-            space = ActionSpace(*(a if a is not None else b for a, b in zip(vars(files).values(), vars(space).values())))
-        self.space = space
+        # files named in the recipe win over what the data source knows (a store knows nothing)
+        self.space = ActionSpace.from_files(cfg.actions, cfg.many_shot).or_else(ActionSpace.from_info(info.extra))
 
     # ------------------------------------------------------------------------------- training
     def _forward(self, batch: dict) -> AVTOut:
