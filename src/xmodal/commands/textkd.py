@@ -176,6 +176,10 @@ def cmd_windows(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: would overwrite the segment manifest; write to another folder")
     rows = read_manifest(src)
     kept = anticipation_window_rows(rows, tau_a=args.tau_a, tau_o=args.tau_o)
+    if not kept:
+        from xmodal.errors import DataError
+
+        raise DataError(f"{src}: no segment starts later than tau_a = {args.tau_a} s into its video; nothing is observed")
     write_manifest(kept, out)
     past = past_frame_labels(rows, kept, fps=args.fps, frames=args.frames)
     labels_store = out.parent / "past_labels.safetensors"
@@ -220,12 +224,12 @@ def write_teacher_predictions(run: str | Path, out: str | Path, *, data_recipe: 
     from xmodal.registry import DATASETS
 
     teacher_cfg = load_config(resolve_config_path(run))
+    if teacher_cfg.method.name != "text_teacher":
+        raise ConfigError(f"{run}: method '{teacher_cfg.method.name}' is not a text_teacher run")
     data = DATASETS.build(text_only(teacher_cfg.data))
     loaded = load_run(run, ckpt=ckpt, data=data)
     if loaded.weights is None:
         raise CheckpointError(f"{run}: no trained weights (weights.safetensors or a checkpoint); train the teacher first")
-    if getattr(loaded.cfg.method, "name", "") != "text_teacher":
-        raise ConfigError(f"{run}: method '{loaded.cfg.method.name}' is not a text_teacher run")
     if data_recipe is not None:
         data = DATASETS.build(text_only(load_config(data_recipe).data))
         ours, theirs = loaded.data.info.extra.get("action_texts"), data.info.extra.get("action_texts")
