@@ -169,9 +169,9 @@ class _Rendered:
 
 def digit_templates(images: np.ndarray, classes: np.ndarray, num_classes: int, side: int) -> torch.Tensor:
     """Zero-mean, unit-norm class-mean digit images [K, side, side] (the matched filters)."""
-    from xmodal.data.embedded.avdigits import _upscale
+    from xmodal.data.embedded.avdigits import upscale
 
-    t = torch.stack([torch.from_numpy(_upscale(images[classes == c], side).mean(0)) for c in range(num_classes)])
+    t = torch.stack([torch.from_numpy(upscale(images[classes == c], side).mean(0)) for c in range(num_classes)])
     t = t - t.mean((1, 2), keepdim=True)
     return t / t.norm(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
