@@ -21,7 +21,9 @@ def add_commands(sub, common) -> None:
     e.add_argument("target", nargs="+", metavar="[PROTOCOL] RUN", help="optional protocol name, then a run folder or recipe")
     e.add_argument("--ckpt", default=None, help="weights file (safetensors or checkpoint); default: the run's final weights")
     e.add_argument("--split", default="test", help="split to evaluate (train, val, test or a data extra like pool)")
-    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of the run's config")
+    e.add_argument("--opt", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="protocol option, e.g. recipe=recipes/eval/ucf101-finetune.yaml (repeatable)")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--json", dest="json_out", default=None, help="also write the metrics to this JSON file")
     e.set_defaults(func=cmd_eval)
