@@ -123,30 +123,44 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ converters
 def convert_official(in_path: str, out_path: str, args) -> str:
-    """Released CAV-MAE file -> safetensors with our key names (validated against our layout)."""
+    """Released CAV-MAE file -> safetensors with our key names (validated against our layout).
+
+    Options: size (base, the layout of every release; tiny for tests). Audio length, depth and
+    class count are read from the file.
+    """
     from xmodal.convert.cavmae import official_to_ours
     from xmodal.engine.checkpoint import load_state_file, save_safetensors_atomic
+    from xmodal.models.cavmae import cavmae_config
 
-    state = official_to_ours(load_state_file(in_path))
+    size = _options(args, "cavmae", size="base")["size"]
+    state = official_to_ours(load_state_file(in_path), cavmae_config(size))
     kind = "pretrain" if "decoder_embed.weight" in state else "finetune"
-    meta = {"source": Path(in_path).name, "kind": kind, "audio_length": state["pos_embed_a"].shape[1] // 8 * 16}
+    meta = {"source": Path(in_path).name, "kind": kind, "size": size}
     if "mlp_head.1.weight" in state:
         meta["label_dim"] = state["mlp_head.1.weight"].shape[0]
     save_safetensors_atomic(state, out_path, meta)
     return f"{in_path} -> {out_path}: CAV-MAE {kind}, {len(state)} tensors, {sum(v.numel() for v in state.values()) / 1e6:.2f} M values"
 
 
+def _options(args, converter: str, **defaults) -> dict:
+    """`--opt` values over `defaults`; unknown keys are an error."""
+    from xmodal.errors import ConfigError
+
+    opts = dict(getattr(args, "options", {}) or {})
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        raise ConfigError(f"convert {converter}: unknown option(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+    return {**defaults, **opts}
+
+
 def convert_imagenet(in_path: str, out_path: str, args) -> str:
     """ImageNet MAE ViT -> CAV-MAE pretraining init; options: size (base|tiny), seed."""
     from xmodal.convert.cavmae import imagenet_mae_to_cavmae
     from xmodal.engine.checkpoint import load_state_file, save_safetensors_atomic
-    from xmodal.errors import ConfigError
     from xmodal.models.cavmae import cavmae_config
 
-    opts = dict(getattr(args, "options", {}) or {})
-    size, seed = opts.pop("size", "base"), int(opts.pop("seed", 0))
-    if opts:
-        raise ConfigError(f"convert cavmae-imagenet: unknown option(s) {', '.join(opts)}; known: size, seed")
+    opts = _options(args, "cavmae-imagenet", size="base", seed=0)
+    size, seed = opts["size"], int(opts["seed"])
     state = imagenet_mae_to_cavmae(load_state_file(in_path), cavmae_config(size), seed=seed)
     save_safetensors_atomic(state, out_path, {"source": Path(in_path).name, "kind": "pretrain-init", "size": size})
     return f"{in_path} -> {out_path}: CAV-MAE pretraining init ({size}), {len(state)} tensors"

@@ -98,8 +98,10 @@ def _save(fig, path: Path) -> Path:
 def save_inpaint_pngs(rec: Inpainting, out_dir: str | Path, prefix: str = "sample") -> list[Path]:
     """``{prefix}{i}_audio.png`` (spectrograms: frequency up, time right, one colour scale per
     sample) and ``{prefix}{i}_image.png`` (de-normalised frames) for every sample; returns the paths."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
+    cmap = colormaps["magma"].with_extremes(bad="#7f7f7f")  # masked (NaN) cells in grey
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -108,8 +110,7 @@ def save_inpaint_pngs(rec: Inpainting, out_dir: str | Path, prefix: str = "sampl
         lo, hi = float(spec[2].min()), float(spec[2].max())
         fig = Figure(figsize=(12, 3.2), layout="constrained")
         for ax, s, title in zip(fig.subplots(1, 3), spec, _TITLES):
-            im = ax.imshow(s, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap="magma", interpolation="nearest")
-            im.cmap.set_bad("#7f7f7f")
+            ax.imshow(s, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap=cmap, interpolation="nearest")
             ax.set(title=title, xlabel="frame", ylabel="mel bin")
         fig.suptitle(f"audio {i}: masked-patch MSE (batch) {rec.mse_audio:.4f}")
         paths.append(_save(fig, out / f"{prefix}{i}_audio.png"))
