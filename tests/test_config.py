@@ -124,3 +124,17 @@ def test_nested_dataclasses_and_tuples():
     with pytest.raises(ConfigError, match="expected tuple"):
         from_dict(Outer, {"inner": {"pair": [1, 2, 3]}})
     assert from_dict(OptimConfig, {"betas": [0.95, 0.999]}).betas == (0.95, 0.999)
+
+
+def test_union_with_dataclass_reports_the_dataclass_error():
+    @dataclass
+    class Crop:
+        size: int = 3
+
+    @dataclass
+    class Holder:
+        crop: str | Crop = "center"
+
+    assert from_dict(Holder, {"crop": {"size": 5}}).crop.size == 5
+    with pytest.raises(ConfigError, match=r"crop\.sise: unknown key \(did you mean 'size'\?\)"):
+        from_dict(Holder, {"crop": {"sise": 5}})

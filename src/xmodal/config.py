@@ -193,9 +193,13 @@ def _convert(tp: Any, value: Any, path: tuple, src: Source, meta: dict | None = 
             try:
                 return _convert(a, value, path, src)
             except ConfigError as e:
-                errors.append(e)
+                errors.append((a, e))
         if len(errors) == 1:
-            raise errors[0]
+            raise errors[0][1]
+        # a mapping can only have meant the dataclass option: report that option's own error
+        classes = [e for a, e in errors if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(classes) == 1:
+            raise classes[0]
         raise _mismatch(tp, value, path, src)
     if origin is Literal:
         if value in args:

@@ -74,14 +74,18 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: invalid JSON ({e.msg})") from None
-            rows.append(_check_row(d, f"{path}:{i}"))
+            if line.strip():
+                rows.append(parse_line(line, f"{path}:{i}"))
     return rows
+
+
+def parse_line(line: str, where: str) -> ManifestRow:
+    """One manifest line -> ManifestRow; DataError '<where>: ...' when it is not a valid row."""
+    try:
+        d = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    return _check_row(d, where)
 
 
 def write_manifest(rows: list[ManifestRow], path: str | Path) -> Path:

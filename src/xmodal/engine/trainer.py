@@ -180,6 +180,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         drop_last=tc.drop_last,
     )
     status = "finished"
+    faults = _FaultInjection.from_env()
     eval_split = data.val if data.val is not None else data.test
     t0 = time.time()
     with _StopFlag() as stop:
@@ -242,6 +243,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                     break
                 if tc.ckpt_every_steps and step % tc.ckpt_every_steps == 0 and not end_of_epoch:
                     save(epoch, position)
+                faults.after_step(step)
                 if dist.all_reduce_flag(stop.raised):
                     save(epoch, position)
                     status = "interrupted"
@@ -281,6 +283,27 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     logger.close()
     result.metrics = final
     return result
+
+
+class _FaultInjection:
+    """Crash or signal this process at a given step, for the resume tests.
+
+    XMODAL_FAULT_KILL_AT_STEP=N sends SIGKILL (an unannounced crash) and
+    XMODAL_FAULT_SIGNAL_AT_STEP=N sends SIGTERM (pre-emption) right after optimisation step N.
+    """
+
+    def __init__(self, kill_at: int = 0, signal_at: int = 0):
+        self.kill_at, self.signal_at = kill_at, signal_at
+
+    @classmethod
+    def from_env(cls) -> _FaultInjection:
+        return cls(int(os.environ.get("XMODAL_FAULT_KILL_AT_STEP", 0)), int(os.environ.get("XMODAL_FAULT_SIGNAL_AT_STEP", 0)))
+
+    def after_step(self, step: int) -> None:
+        if step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _finite(x: float) -> bool:

@@ -28,7 +28,7 @@ def main() -> int:
     for p in found:
         print(f"envcheck: {p}", file=sys.stderr)
     if not found:
-        print("envcheck: ok (torch %s)" % md.version("torch"))
+        print(f"envcheck: ok (torch {md.version('torch')})")
     return 1 if found else 0
 
 

@@ -12,6 +12,9 @@ Settings:
 
 All noise is drawn before latents are copied in, so at one seed x2 and y do not depend on the
 setting parameter (the no-KD baseline is flat across a sweep).
+
+`make_run` follows the G/A protocol (seed → a → train; reseed seed + 1 → test); `table2_run` the
+Table-2 one (one generator seeded 42 + run draws train set A, the test set, then train set B).
 """
 
 from __future__ import annotations
@@ -112,6 +115,26 @@ def make_run(setting: str, param: int, seed: int, n_train: int = 200, n_test: in
     train = draw(lay, a, n_train, rng)
     test = draw(lay, a, n_test, np.random.default_rng(seed + 1))
     return train, test, lay
+
+
+@dataclass
+class Table2Draw:
+    """One run of the Table-2 protocol (specs/mfh.md §9)."""
+
+    train_a: GaussSplit  # regular teacher + Algorithm 1
+    test: GaussSplit
+    train_b: GaussSplit  # students and the reduced teacher
+    layout: GaussLayout
+
+
+def table2_run(k: int, run: int, n_train: int = 200, n_test: int = 1000, seed_base: int = 42) -> Table2Draw:
+    """Setting T, one generator seeded ``seed_base + run``: train set A, then test, then train set B."""
+    lay = layout("T", k)
+    rng = np.random.default_rng(seed_base + run)
+    a = hyperplane("T", rng)
+    train_a = draw(lay, a, n_train, rng)
+    test = draw(lay, a, n_test, rng)
+    return Table2Draw(train_a, test, draw(lay, a, n_train, rng), lay)
 
 
 @register_dataset("gauss")
