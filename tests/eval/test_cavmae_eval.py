@@ -16,7 +16,6 @@ from xmodal.eval.cavmae import (
     epoch_weight_files,
     epoch_weight_path,
     evaluate_finetuned,
-    frame_averaged,
     retrieval_metrics,
 )
 from xmodal.methods.cavmae import CavmaeFinetune, CavmaeFinetuneConfig, CavmaeNet
@@ -89,42 +88,19 @@ def test_classification_metrics_hardens_soft_labels():
 
 
 # ------------------------------------------------------------------------------ frame averaging
-class _FrameMethod(torch.nn.Module):
-    """eval_step returns per-frame probabilities stored in the dataset (frame chosen by eval_frame)."""
-
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(1))
-
-    def eval_step(self, batch):
-        return {"probs": batch["probs"], "label": batch["label"]}
-
-    def eval_metrics(self, out):
-        return {"top1": 100.0 * (out["probs"].argmax(1) == out["label"]).double().mean().item(), "p0": out["probs"][0, 0].item()}
-
-
-class _FramedData(torch.utils.data.Dataset):
-    def __init__(self, probs, label):
-        self.probs, self.label, self.eval_frame = probs, label, 0
-
-    def __len__(self):
-        return self.label.shape[0]
-
-    def __getitem__(self, i):
-        return {"probs": self.probs[self.eval_frame, i], "label": self.label[i]}
-
-
-def test_frame_averaged_averages_probabilities_over_frames():
-    from xmodal.eval.cavmae import dataset_frame_setter
-
-    # frame 0 is confidently wrong on sample 0, frames 1 and 2 mildly right: the average is right
-    probs = torch.tensor([[[0.1, 0.9], [0.3, 0.7]], [[0.8, 0.2], [0.4, 0.6]], [[0.9, 0.1], [0.2, 0.8]]])
-    data = _FramedData(probs, torch.tensor([0, 1]))
-    m = frame_averaged(_FrameMethod(), dataset_frame_setter(data), [0, 1, 2], batch_size=2)
-    assert m["top1"] == 100.0 and m["p0"] == pytest.approx((0.1 + 0.8 + 0.9) / 3)
-    assert frame_averaged(_FrameMethod(), dataset_frame_setter(data), [0], batch_size=2)["top1"] == 50.0
-    with pytest.raises(ConfigError, match="eval_frame"):
-        dataset_frame_setter(DictDataset(x=torch.zeros(2)))
+def test_stored_frames_of_a_clip_are_averaged_before_scoring():
+    """A store read with image.eval_all gives one item per stored frame; eval averages by clip."""
+    method = CavmaeFinetune(CavmaeFinetuneConfig(net=TINY), DataInfo(num_classes=2))
+    # clip a: frame 0 confidently wrong, frames 1-2 right -> the clip average is right
+    probs = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.9, 0.1], [0.3, 0.7], [0.4, 0.6], [0.2, 0.8]])
+    out = {"probs": probs, "label": torch.tensor([0, 0, 0, 1, 1, 1]), "group": ["a"] * 3 + ["b"] * 3}
+    assert method.eval_metrics(out)["top1"] == 100.0
+    assert method.eval_metrics({k: v[:1] for k, v in out.items()})["top1"] == 0.0
+    multi = CavmaeFinetune(CavmaeFinetuneConfig(net=TINY), DataInfo(num_classes=2, multilabel=True))
+    hot = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)
+    assert multi.eval_metrics({**out, "label": hot})["mAP"] == 100.0
+    with pytest.raises(DataError, match="different labels"):
+        method.eval_metrics({**out, "label": torch.tensor([0, 1, 0, 1, 1, 1])})
 
 
 # ------------------------------------------------------------------------------ final test

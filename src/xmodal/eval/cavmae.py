@@ -2,8 +2,10 @@
 
 * `average_weights`: uniform mean of per-epoch weight files ``wa_start..wa_end`` (the reference
   averages its saved ``audio_model.<epoch>.pth`` files before testing).
-* `frame_averaged`: run a test set once per stored frame index, turn logits into probabilities
-  (sigmoid for mAP, softmax for accuracy), average over frames, then score.
+* multi-frame averaging: probabilities (sigmoid for mAP, softmax for accuracy) of every stored
+  frame of a clip are averaged, then scored — a store read with ``image.eval_all`` yields one item
+  per frame and `CavmaeFinetune.eval_metrics` averages them by clip (``group``); clips held in
+  memory (a ``video`` key) are averaged inside the method over ``inputs.eval_frames`` frames.
 * `retrieval_metrics`: pretrained model, unmasked modality features, mean-pooled, cosine; both
   directions with R@1/5/10 and median rank, exact pair (the paper's protocol) and, given labels,
   class-level (any clip of the same class counts: the embedded-data protocol).
@@ -16,13 +18,13 @@ expose the same with command-line options.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from xmodal.errors import CheckpointError, ConfigError, DataError
+from xmodal.errors import CheckpointError, ConfigError
 from xmodal.eval.metrics import classification_report, retrieval_report
 from xmodal.eval.protocols import register_protocol
 
@@ -98,48 +100,6 @@ def classification_metrics(probs: Any, labels: Any, multilabel: bool) -> dict[st
     return classification_report(probs, y, multilabel=multilabel)
 
 
-def frame_averaged(
-    method: Any,
-    dataset_for_frame: Callable[[int], Any],
-    frames: Sequence[int],
-    *,
-    batch_size: int = 64,
-    collate=None,
-    device: torch.device | None = None,
-) -> dict[str, float]:
-    """Probabilities averaged over one pass of the eval set per frame index, then scored.
-
-    `dataset_for_frame(i)` returns the eval dataset set to read stored frame i (same sample
-    order each time); `method.eval_step` must return ``probs`` and ``label``.
-    """
-    from xmodal.engine.evaluate import collect_outputs
-
-    total, ref = None, None
-    for i in frames:
-        out = collect_outputs(method, dataset_for_frame(i), batch_size=batch_size, collate=collate, device=device, desc=f"frame {i}")
-        if ref is not None and not torch.equal(torch.as_tensor(out["label"]), torch.as_tensor(ref)):
-            raise DataError(f"frame averaging: frame {i} returned the samples in another order")
-        ref = out["label"]
-        total = out["probs"].double() if total is None else total + out["probs"].double()
-    assert total is not None, "frame averaging needs at least one frame"
-    return method.eval_metrics({"probs": total / len(frames), "label": ref})
-
-
-def dataset_frame_setter(dataset: Any) -> Callable[[int], Any]:
-    """For a dataset whose eval frame can be chosen (an ``eval_frame`` attribute): i -> the dataset at frame i."""
-    if not hasattr(dataset, "eval_frame"):
-        raise ConfigError(
-            f"{type(dataset).__name__}: cannot choose the stored frame at eval (no `eval_frame` attribute); "
-            "use inputs.eval_frames for video clips, or frames=1"
-        )
-
-    def at(i: int):
-        dataset.eval_frame = i
-        return dataset
-
-    return at
-
-
 # ----------------------------------------------------------------------------------- retrieval
 def retrieval_metrics(audio: Any, image: Any, labels: Any = None) -> dict[str, float]:
     """Both directions (v2a: visual query -> audio gallery; a2v) with R@1/5/10, median/mean rank.
@@ -182,10 +142,10 @@ def evaluate_finetuned(
     frames: int = 1,
     batch_size: int = 64,
 ) -> dict[str, float]:
-    """The reference's final test: optional weight averaging, then `frames`-frame probability averaging.
+    """The reference's final test: optional weight averaging, then multi-frame probability averaging.
 
-    Clips in memory (a ``video`` key) are averaged inside the method (``inputs.eval_frames``);
-    a prepared store is re-read at stored frames int(i·10/frames) through its ``eval_frame``.
+    `frames` > 1 sets the method's ``inputs.eval_frames`` (clips held in memory); a prepared store
+    averages the stored frames when its recipe reads them all (``data.image.eval_all: true``).
     """
     from xmodal.engine.checkpoint import load_weights
     from xmodal.engine.evaluate import evaluate
@@ -200,15 +160,9 @@ def evaluate_finetuned(
         files = epoch_weight_files(run_dir, *wa)
         load_weights(method, average_weights(files), strict=True, what=f"average of {len(files)} epoch weights")
         metrics.update(wa_start=float(wa[0]), wa_end=float(wa[1]))
-    ds = _split(loaded, split)
-    collate = loaded.data.collate
-    if frames <= 1 or not hasattr(ds, "eval_frame"):
-        if frames > 1:
-            method.cfg.inputs.eval_frames = frames  # clips in memory: the method averages over frames
-        metrics.update(evaluate(method, ds, batch_size=batch_size, collate=collate))
-    else:
-        stored = [int(i * 10 / frames) for i in range(frames)]
-        metrics.update(frame_averaged(method, dataset_frame_setter(ds), stored, batch_size=batch_size, collate=collate))
+    if frames > 1:
+        method.cfg.inputs.eval_frames = frames
+    metrics.update(evaluate(method, _split(loaded, split), batch_size=batch_size, collate=loaded.data.collate))
     metrics["frames"] = float(frames)
     return metrics
 

@@ -176,6 +176,15 @@ def read_cavmae_state(path: str | Path, arch: CAVMAEConfig | None = None) -> dic
     return dict(state)
 
 
+def init_weights(model: CAVMAEEncoder, path: str | Path, arch: CAVMAEConfig) -> None:
+    """Non-strict load of `path` (a pretrain file into a finetune model leaves mlp_head new and
+    ignores the decoder); shape mismatches name the file and the recipe key."""
+    try:
+        load_cavmae_checkpoint(model, read_cavmae_state(path, arch), strict=False)
+    except CheckpointError as e:
+        raise CheckpointError(f"method.init_from: {path}: {e}") from None
+
+
 # ------------------------------------------------------------------------------------- inputs
 def take_audio(batch: dict, inputs: CavmaeInputs, arch: CAVMAEConfig) -> torch.Tensor:
     """[B, T, F] fbank cut / zero-padded (in its normalised domain) to the model's length."""
@@ -245,7 +254,7 @@ class CavmaePretrain(Method):
         self.arch = cfg.net.arch(cfg.norm_pix_loss)
         self.model = CAVMAE(self.arch, trainable_pos=bool(cfg.net.trainable_pos))
         if cfg.init_from:
-            load_cavmae_checkpoint(self.model, read_cavmae_state(cfg.init_from, self.arch), strict=False)
+            init_weights(self.model, cfg.init_from, self.arch)
 
     def _inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         frame = train_frame(batch, self.cfg.inputs) if train else None
@@ -327,7 +336,7 @@ class CavmaeFinetune(Method):
         pos = True if cfg.net.trainable_pos is None else cfg.net.trainable_pos
         self.model = CAVMAEFT(self.arch, label_dim=info.num_classes, trainable_pos=pos)
         if cfg.init_from:
-            load_cavmae_checkpoint(self.model, read_cavmae_state(cfg.init_from, self.arch), strict=False)
+            init_weights(self.model, cfg.init_from, self.arch)
         if cfg.freeze_base:
             for n, p in self.model.named_parameters():
                 p.requires_grad_(n.startswith("mlp_head."))
@@ -403,12 +412,21 @@ class CavmaeFinetune(Method):
         return {"feature": self.model.forward_features(*self._streams(batch, mode, None), mode)}
 
     def eval_step(self, batch: dict) -> dict:
-        return {"probs": self.predict_probs(batch), "label": batch["label"]}
+        out = {"probs": self.predict_probs(batch), "label": batch["label"]}
+        if "group" in batch:  # a store with image.eval_all: one item per stored frame
+            out["group"] = list(batch["group"])
+        return out
 
     def eval_metrics(self, outputs: dict) -> dict[str, float]:
+        """mAP / accuracy; items of one clip (its stored frames) are averaged first (spec §10)."""
         from xmodal.eval.cavmae import classification_metrics
 
-        return classification_metrics(outputs["probs"], outputs["label"], self.multilabel)
+        probs, label = outputs["probs"], outputs["label"]
+        if "group" in outputs and len(set(outputs["group"])) < len(outputs["group"]):
+            from xmodal.eval.aggregate import aggregate_outputs
+
+            _, probs, label = aggregate_outputs(outputs["group"], probs, label, how="mean_logits")
+        return classification_metrics(probs, label, self.multilabel)
 
 
 def encoder_of(method: Method) -> CAVMAEEncoder:

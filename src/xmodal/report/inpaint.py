@@ -108,14 +108,16 @@ def save_inpaint_pngs(rec: Inpainting, out_dir: str | Path, prefix: str = "sampl
     for i in range(rec.target_audio.shape[0]):
         spec = [v[i].float().cpu().T.numpy() for v in (rec.masked_audio, rec.recon_audio, rec.target_audio)]
         lo, hi = float(spec[2].min()), float(spec[2].max())
-        fig = Figure(figsize=(12, 3.2), layout="constrained")
+        fig = Figure(figsize=(12, 3.2))  # fixed margins: a layout engine triples the drawing time
+        fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.8, wspace=0.2)
         for ax, s, title in zip(fig.subplots(1, 3), spec, _TITLES):
             ax.imshow(s, origin="lower", aspect="auto", vmin=lo, vmax=hi, cmap=cmap, interpolation="nearest")
             ax.set(title=title, xlabel="frame", ylabel="mel bin")
         fig.suptitle(f"audio {i}: masked-patch MSE (batch) {rec.mse_audio:.4f}")
         paths.append(_save(fig, out / f"{prefix}{i}_audio.png"))
         imgs = [denormalize_image(v[i].float().cpu()).numpy() for v in (rec.masked_image, rec.recon_image, rec.target_image)]
-        fig = Figure(figsize=(9, 3.4), layout="constrained")
+        fig = Figure(figsize=(9, 3.4))
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.82, wspace=0.05)
         for ax, img, title in zip(fig.subplots(1, 3), imgs, _TITLES):
             ax.imshow(img, interpolation="nearest")
             ax.set(title=title, xticks=[], yticks=[])
