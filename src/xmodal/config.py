@@ -407,6 +407,9 @@ class TrainConfig:
     keep_last: int = 2
     progress: bool = True
     tensorboard: bool = True
+    # Before the final evaluation, re-estimate BatchNorm statistics as exact averages over this
+    # many training batches (0 = off): short runs leave momentum-averaged statistics stale.
+    recompute_bn: int = 0
     out_dir: str = "runs/{name}"
 
     def validate(self) -> None:

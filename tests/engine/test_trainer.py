@@ -140,3 +140,40 @@ def test_torchrun_two_processes_match_one(tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     assert json.loads((one / "final.json").read_text())["test"]["top1"] == pytest.approx(
         json.loads((two / "final.json").read_text())["test"]["top1"], abs=0.11)
+
+
+def test_recompute_batchnorm_gives_exact_statistics():
+    from xmodal.engine.trainer import recompute_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    teacher = torch.nn.BatchNorm1d(3)
+    teacher.requires_grad_(False).eval()
+    x = torch.randn(64, 4) * 3 + 1
+    loader = [x[i:i + 16] for i in range(0, 64, 16)]
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.teacher = net, teacher
+
+        def forward(self, b):
+            self.teacher(b[:, :3])
+            return self.net(b)
+
+        def train(self, mode=True):  # as methods.base.Method does for frozen teachers
+            super().train(mode)
+            self.teacher.eval()
+            return self
+
+    model = Both()
+    model.teacher.eval()
+    before = teacher.running_mean.clone()
+    assert recompute_batchnorm(model, loader, 3, torch.device("cpu")) == 3
+    h = net[0](x[:48]).detach()
+    # cumulative average of the per-batch means/unbiased variances of the first 3 batches
+    means = torch.stack([h[i:i + 16].mean(0) for i in range(0, 48, 16)]).mean(0)
+    vars_ = torch.stack([h[i:i + 16].var(0) for i in range(0, 48, 16)]).mean(0)
+    assert torch.allclose(net[1].running_mean, means, atol=1e-5)
+    assert torch.allclose(net[1].running_var, vars_, atol=1e-4)
+    assert net[1].momentum == 0.1 and torch.equal(teacher.running_mean, before)

@@ -4,6 +4,12 @@
 and audio from the shards (one ``pread`` per member, handles opened lazily per worker process)
 and is augmented with a generator seeded by (seed, epoch, i). So a sample is the same whatever
 the number of DataLoader workers or ranks, and a resumed run sees the same data.
+`__getitems__` builds a whole batch: random draws per sample, the work batched.
+
+Cache (`cache: auto | memory | off`, `cache_limit_gb`, see `xmodal.data._store_cache`): a split
+whose decoded size fits is decoded once into memory (frames, 16-bit PCM, the raw Kaldi log-mel
+of every window it can ask for) when `set_epoch` (or `warm_cache`) is first called in the main
+process; forked loader workers share it. Cached and uncached samples are identical bit for bit.
 
 Per sample (train roles):
   1. clip window: T frames every `stride` from a uniform start (`transforms.train_window`), or
@@ -35,6 +41,7 @@ within its video), plus one key per feature store. GDT views (`views: gdt`) give
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +51,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from xmodal.data._store_cache import StoreCache
 from xmodal.data.shards import ShardReader, decode_audio_bytes, decode_jpg, read_npy_frames
 from xmodal.data.transforms import ClipTransform, Mixup, SpecAugment
 from xmodal.errors import ConfigError, DataError, closest
 from xmodal.registry import register_dataset
 
 KEYS = ("video", "image", "audio", "fbank", "label", "text")
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------- config
@@ -108,6 +117,17 @@ class StoreOptions:
     views: Literal["none", "gdt", "stica"] = "none"
     features: dict[str, str] = field(default_factory=dict)  # batch key -> FeatureStore file
     missing_features: Literal["error", "zeros"] = "error"
+    # decoded samples in memory (xmodal.data._store_cache): auto = when the split fits in what is
+    # left of cache_limit_gb for the store (train role first), memory = always, off = read shards;
+    # YAML reads a bare `off` as false, so false means off too (and true memory)
+    cache: Literal["auto", "memory", "off"] | bool = "auto"
+    cache_limit_gb: float = 1.0
+
+    @property
+    def cache_mode(self) -> str:
+        if isinstance(self.cache, bool):
+            return "memory" if self.cache else "off"
+        return self.cache
 
     def validate(self) -> None:
         bad = [k for k in self.keys if k not in KEYS]
@@ -115,6 +135,10 @@ class StoreOptions:
             raise ValueError(f"keys: unknown {bad}{closest(bad[0], KEYS)}; known: {', '.join(KEYS)}")
         if self.clip.frames < 1 or self.clip.stride < 1 or self.clip.windows < 1:
             raise ValueError("clip.frames, clip.stride and clip.windows must be >= 1")
+        if self.cache_mode not in ("auto", "memory", "off"):
+            raise ValueError(f"cache: expected auto, memory or off, found {self.cache!r}")
+        if self.cache_limit_gb < 0:
+            raise ValueError(f"cache_limit_gb: expected >= 0, found {self.cache_limit_gb}")
 
 
 @dataclass
@@ -150,6 +174,7 @@ class Store:
         if self.index.get("format") != "xmodal-store":
             raise DataError(f"{path}: not an xmodal store index")
         self.config = self.index["config"]
+        self.cache_reserved = 0  # bytes the in-memory caches of this store's datasets will take
         self.labels = read_labels(self.root / "labels.csv")
         self.entries: list[dict] = []
         for sh in self.index["shards"]:
@@ -175,10 +200,14 @@ class Store:
 
 
 class StoredSample:
-    """Lazy access to one stored sample's frames and audio (what a view builder receives)."""
+    """Lazy access to one stored sample's frames and audio (what a view builder receives).
 
-    def __init__(self, entry: dict, reader: ShardReader):
-        self.entry, self._reader = entry, reader
+    With a built `StoreCache` (and `index`, the entry's position in the cache) frames and audio
+    come from memory, otherwise from the shards through `reader`.
+    """
+
+    def __init__(self, entry: dict, reader: ShardReader | None, cache: StoreCache | None = None, index: int = -1):
+        self.entry, self._reader, self._cache, self.index = entry, reader, cache, index
         v = entry.get("video") or {}
         self.num_frames: int = v.get("frames", 0)
         self.fps: float = v.get("fps", 0.0)
@@ -198,6 +227,10 @@ class StoredSample:
         if not v:
             raise DataError(f"{self.entry['shard']}: sample '{self.uid}' has no video")
         idx = np.asarray(indices, dtype=np.int64)
+        if self._cache is not None:
+            if idx.size and (idx.min() < 0 or idx.max() >= v["frames"]):
+                raise DataError(f"{self.entry['shard']}: frame index out of range 0..{v['frames'] - 1}: {idx.tolist()}")
+            return self._cache.frames_of(self.index, idx).numpy()
         if "data_offset" in v:
             return read_npy_frames(self._reader, self.entry["shard"], v["data_offset"],
                                    (v["frames"], v["height"], v["width"], 3), idx)  # fmt: skip
@@ -206,6 +239,8 @@ class StoredSample:
 
     def wave(self) -> torch.Tensor:
         """The whole stored waveform, float32 [S] (zeros of length 0 when the sample has none)."""
+        if self._wave is None and self._cache is not None:
+            self._wave = self._cache.wave_window(self.index, 0, self._cache.num_samples(self.index))
         if self._wave is None:
             key = next((k for k in ("flac", "wav") if k in self.entry["members"]), None)
             if key is None:
@@ -214,6 +249,14 @@ class StoredSample:
                 x, _ = decode_audio_bytes(self._reader.read(self.entry["shard"], *self.entry["members"][key]))
                 self._wave = torch.from_numpy(x)
         return self._wave
+
+    def wave_window(self, start: int, length: int) -> torch.Tensor | None:
+        """float32 samples start .. start + length - 1 (fewer at the end); None without audio."""
+        if self._cache is not None and self._wave is None:
+            n = self._cache.num_samples(self.index)
+            return self._cache.wave_window(self.index, start, length) if n else None
+        wave = self.wave()
+        return wave[start : start + length] if len(wave) else None
 
 
 # ------------------------------------------------------------------------------------ dataset
@@ -244,6 +287,26 @@ class StoreDataset(Dataset):
         self.pipe = pipe.Pipeline(self.opt, self.store, train)
         self.view_builder = view_builder or (self.pipe.view_builder() if train else None)
         self.items = self._expand()
+        self._cache = StoreCache.plan(self)
+
+    @property
+    def cache(self) -> StoreCache | None:
+        """The in-memory cache, decoded on first use in the main process (None when caching is off).
+
+        A loader worker that finds it not yet decoded reads the shards instead: workers building
+        caches of their own would multiply the memory and the start-up time."""
+        if self._cache is not None and not self._cache.built:
+            if torch.utils.data.get_worker_info() is not None:
+                log.info("store cache: split %s was not decoded before the loader started its workers "
+                         "(call set_epoch or warm_cache first); this worker reads the shards", self.split)  # fmt: skip
+                self._cache = None
+            else:
+                self._cache.build(self.reader)
+        return self._cache
+
+    def warm_cache(self) -> None:
+        """Decode the cache now (in the main process, before DataLoader workers start)."""
+        _ = self.cache
 
     def _expand(self) -> list[_Item]:
         if self.train:
@@ -260,14 +323,21 @@ class StoreDataset(Dataset):
         return out
 
     def set_epoch(self, epoch: int) -> None:
-        """The engine calls this before each epoch: augmentation is drawn per (seed, epoch, index)."""
+        """The engine calls this before each epoch: augmentation is drawn per (seed, epoch, index).
+
+        It also builds the in-memory cache here, in the main process, before loader workers fork."""
         self.epoch = epoch
+        self.warm_cache()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def sample(self, i: int) -> StoredSample:
-        return StoredSample(self.entries[self.items[i].entry], self.reader)
+        return self.sample_of(self.items[i].entry)
+
+    def sample_of(self, entry: int) -> StoredSample:
+        """The stored sample of entry `entry` of the split (from the cache when there is one)."""
+        return StoredSample(self.entries[entry], self.reader, self.cache, entry)
 
     def groups(self) -> list[str]:
         """The video uid of every item (what eval aggregates over)."""

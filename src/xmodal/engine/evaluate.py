@@ -58,6 +58,7 @@ def collect_outputs(
     amp: str = "auto",
     desc: str = "eval",
     step_fn: str = "eval_step",
+    progress_bar: bool = True,
 ) -> dict:
     """eval_step outputs for every sample of `dataset`, gathered from all ranks (order: by rank)."""
     device = device or next((p.device for p in method.parameters()), torch.device("cpu"))
@@ -66,13 +67,14 @@ def collect_outputs(
     subset = torch.utils.data.Subset(dataset, idx) if world > 1 else dataset
     if collate is None:
         from xmodal.data.bundle import collate
+    getattr(dataset, "warm_cache", lambda: None)()  # decode a store cache once, before workers fork
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     was_training = method.training
     method.eval()
     parts = []
     fn = getattr(method, step_fn)
     try:
-        for batch in progress(loader, desc=desc, enabled=rank == 0):
+        for batch in progress(loader, desc=desc, enabled=rank == 0 and progress_bar):
             with autocast_ctx(device, amp):
                 out = fn(to_device(batch, device))
             parts.append(to_device(out, torch.device("cpu")))

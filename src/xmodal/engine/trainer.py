@@ -256,7 +256,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             if finished_epoch:
                 epoch, position = epoch + 1, 0
                 if eval_split is not None and tc.eval_every and epoch % tc.eval_every == 0 and step < total_steps:
-                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+                    metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers, progress_bar=tc.progress)
                     logger.log("val" if data.val is not None else "test", step, metrics, epoch=epoch)
                 if step < total_steps and tc.ckpt_every_epochs and epoch % tc.ckpt_every_epochs == 0:
                     save(epoch, position)
@@ -267,12 +267,15 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
         logger.close()
         return result
     train_seconds = round(time.time() - t0, 3)
+    if tc.recompute_bn > 0:
+        sampler.set_epoch(epoch, 0)
+        recompute_batchnorm(model, DataLoader(data.train, **loader_kw), tc.recompute_bn, ctx.device, tc.amp)
     save(epoch, position)
     final: dict[str, Any] = {"steps": step, "train_seconds": train_seconds}
     for split in ("val", "test"):
         ds = data.split(split)
         if ds is not None:
-            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers)
+            metrics = evaluate(method, ds, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers, progress_bar=tc.progress)
             logger.log(split, step, metrics, epoch=epoch, final=True)
             final[split] = metrics
     if ctx.is_main:
@@ -283,6 +286,37 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     logger.close()
     result.metrics = final
     return result
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, loader, batches: int, device: torch.device, amp: str = "auto") -> int:
+    """Reset every trainable BatchNorm's running statistics and re-estimate them as the exact
+    average over `batches` training batches (train-mode forwards, no parameter change).
+
+    Frozen teachers keep their statistics (they stay in eval mode). Returns the batches used.
+    """
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        and any(p.requires_grad for p in m.parameters())
+    ]
+    if not bns:
+        return 0
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average = exact mean over the batches seen
+    model.train()
+    used = 0
+    for batch in loader:
+        if used >= batches:
+            break
+        with autocast_ctx(device, amp):
+            model(to_device(batch, device))
+        used += 1
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    return used
 
 
 class _FaultInjection:

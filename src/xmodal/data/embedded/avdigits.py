@@ -184,7 +184,7 @@ def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
     return m
 
 
-def _upscale(img: np.ndarray, n: int) -> np.ndarray:
+def upscale(img: np.ndarray, n: int) -> np.ndarray:
     """[..., h, w] -> [..., n, n] bilinear."""
     m = _interp_matrix(n, img.shape[-1])
     return np.einsum("yi,...ij,xj->...yx", m, img, m, optimize=True)
@@ -307,8 +307,8 @@ def _render_video(
         bg = 0.05 + 0.4 * np.einsum("yi,nijc,xj->nyxc", m_bg, grid[sl], m_bg, optimize=True)
         canvas = np.repeat(bg[:, None], t, 1)
         if cfg.distractor:
-            _paste(canvas, _upscale(imgs[d_image[sl]], h // 4), d_color[sl], d_pos[sl])
-        _paste(canvas, _upscale(imgs[image[sl]], s_big), color[sl], pos[sl])
+            _paste(canvas, upscale(imgs[d_image[sl]], h // 4), d_color[sl], d_pos[sl])
+        _paste(canvas, upscale(imgs[image[sl]], s_big), color[sl], pos[sl])
         if cfg.video_noise > 0:  # luminance grain: survives 4:2:0 chroma, so mp4 files look alike
             canvas += cfg.video_noise * noise_rng.standard_normal(canvas.shape[:-1] + (1,), dtype=np.float32)
         canvas *= 255
