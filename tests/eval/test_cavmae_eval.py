@@ -75,6 +75,7 @@ def test_retrieval_metrics_both_directions_pair_and_class():
     assert m["a2v_R@1"] == 100.0  # a0 -> v0 (0.1 > 0), a1 -> v1 (1 > 0.995)
     # class level: a0 and a1 share a class, so every query hits
     assert retrieval_metrics(a, v, labels=torch.tensor([3, 3]))["class_v2a_R@1"] == 100.0
+    assert "class_v2a_R@1" not in retrieval_metrics(a, v, labels=torch.tensor([-1, -1]))  # unlabelled store rows
 
 
 def test_classification_metrics_hardens_soft_labels():

@@ -58,6 +58,8 @@ def _load(args: argparse.Namespace):
     loaded = load_run(args.run, overrides=args.overrides)
     model = getattr(loaded.method, "model", None)
     if args.ckpt:
+        if model is None:
+            raise CheckpointError(f"--ckpt: {type(loaded.method).__name__} is not a CAV-MAE method")
         rep = load_cavmae_checkpoint(model, read_cavmae_state(args.ckpt, getattr(loaded.method, "arch", None)), strict=False)
         if rep.missing:
             raise CheckpointError(f"{args.ckpt}: {len(rep.missing)} model weights missing from the file: {', '.join(rep.missing[:4])}")
@@ -86,7 +88,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     if ds is None or len(ds) == 0:
         raise ConfigError(f"--split: the data has no (non-empty) split '{args.split}'")
     batch = next(iter(DataLoader(ds, batch_size=min(args.n, len(ds)), shuffle=False, collate_fn=loaded.data.collate or collate)))
-    audio, image = method._inputs(batch, train=False)
+    audio, image = method.model_inputs(batch, train=False)
     rec = reconstruct(method.model, audio, image, ratio_a=args.ratio, ratio_v=args.ratio, mask_mode=args.mode, seed=args.seed)
     paths = save_inpaint_pngs(rec, args.out)
     summary = {"mse_audio": rec.mse_audio, "mse_image": rec.mse_image, "ratio": args.ratio, "mode": args.mode,

@@ -108,10 +108,10 @@ def retrieval_metrics(audio: Any, image: Any, labels: Any = None) -> dict[str, f
     any gallery clip of the query's class; multi-hot: any shared class).
     """
     out = retrieval_report(image, audio, names=("v", "a"))
-    if labels is not None:
-        y = torch.as_tensor(labels)
-        if y.is_floating_point() and y.dim() == 2:
-            y = (y > 0.5).long()
+    y = None if labels is None else torch.as_tensor(labels)
+    if y is not None and y.is_floating_point() and y.dim() == 2:
+        y = (y > 0.5).long()
+    if y is not None and (y.dim() == 2 or bool((y >= 0).all())):  # -1 = unlabelled clips: no class-level view
         out.update({f"class_{k}": v for k, v in retrieval_report(image, audio, labels=y, names=("v", "a")).items()})
     return out
 

@@ -239,9 +239,8 @@ def train_frame(batch: dict, inputs: CavmaeInputs) -> torch.Tensor | None:
     return torch.randint(video.shape[2], (video.shape[0],))
 
 
-def batch_noise(batch: dict, la: int, lv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masking noise seeded by the batch's uids: evaluation losses do not depend on global RNG state."""
-    b = len(batch.get("uid", [])) or 1
+def batch_noise(batch: dict, b: int, la: int, lv: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masking noise for `b` clips seeded by the batch's uids: eval losses do not depend on the global RNG."""
     g = torch.Generator().manual_seed(zlib.crc32("|".join(map(str, batch.get("uid", []))).encode()))
     return torch.rand(b, la, generator=g).to(device), torch.rand(b, lv, generator=g).to(device)
 
@@ -256,7 +255,7 @@ class CavmaePretrain(Method):
         if cfg.init_from:
             init_weights(self.model, cfg.init_from, self.arch)
 
-    def _inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def model_inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         frame = train_frame(batch, self.cfg.inputs) if train else None
         return take_audio(batch, self.cfg.inputs, self.arch), take_image(batch, self.cfg.inputs, self.arch, frame)
 
@@ -288,14 +287,14 @@ class CavmaePretrain(Method):
         return float(world_size()) if s == "world_size" else float(s)
 
     def training_step(self, batch: dict) -> LossOut:
-        t = self.losses(*self._inputs(batch, train=True))
+        t = self.losses(*self.model_inputs(batch, train=True))
         total = t.pop("loss") * self.loss_scale()
         return LossOut(total, {k: v.detach() for k, v in t.items()})
 
     @torch.no_grad()
     def embed(self, batch: dict) -> dict[str, torch.Tensor]:
         """Mean-pooled unmasked modality features (retrieval, spec §11)."""
-        feats = self.model.forward_feat(*self._inputs(batch, train=False))
+        feats = self.model.forward_feat(*self.model_inputs(batch, train=False))
         return {"audio": feats.audio.mean(dim=1), "image": feats.image.mean(dim=1)}
 
     @torch.no_grad()
@@ -307,8 +306,9 @@ class CavmaePretrain(Method):
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict:
-        audio, image = self._inputs(batch, train=False)
-        noise = batch_noise(batch, self.model.patch_embed_a.num_patches, self.model.patch_embed_v.num_patches, audio.device)
+        audio, image = self.model_inputs(batch, train=False)
+        noise = batch_noise(batch, audio.shape[0], self.model.patch_embed_a.num_patches,
+                            self.model.patch_embed_v.num_patches, audio.device)
         t = self.losses(audio, image, noise=noise)
         n = audio.shape[0]
         out = {k: v.float().expand(n).clone() for k, v in t.items()}  # per-sample rows: batch-size-weighted means
@@ -427,13 +427,6 @@ class CavmaeFinetune(Method):
 
             _, probs, label = aggregate_outputs(outputs["group"], probs, label, how="mean_logits")
         return classification_metrics(probs, label, self.multilabel)
-
-
-def encoder_of(method: Method) -> CAVMAEEncoder:
-    model = getattr(method, "model", None)
-    if not isinstance(model, CAVMAEEncoder):
-        raise ConfigError(f"{type(method).__name__} is not a CAV-MAE method")
-    return model
 
 
 __all__ = [
