@@ -1,0 +1,329 @@
+"""CAV-MAE methods: inputs, initialisation, loss composition, optimiser groups; end-to-end learning tests."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xmodal.config import OptimConfig, config_from_data, load_config
+from xmodal.data.bundle import DataBundle, DataInfo, DictDataset
+from xmodal.engine.checkpoint import save_atomic, save_safetensors_atomic
+from xmodal.engine.evaluate import evaluate
+from xmodal.engine.trainer import build_method, seed_everything, train
+from xmodal.errors import CheckpointError, ConfigError, DataError
+from xmodal.losses.mae import cavmae_contrastive, mae_loss
+from xmodal.methods.cavmae import (
+    CavmaeFinetune,
+    CavmaeFinetuneConfig,
+    CavmaeInputs,
+    CavmaeNet,
+    CavmaePretrain,
+    CavmaePretrainConfig,
+    frame_indices,
+    read_cavmae_state,
+    take_audio,
+    take_image,
+)
+from xmodal.models.cavmae import CAVMAE
+from xmodal.registry import DATASETS
+
+NET = CavmaeNet(size="tiny", audio_length=16, audio_bins=16, image_size=16, patch_size=8, modality_specific_depth=1)
+INFO = DataInfo(num_classes=3)
+
+
+def batch(n=4, frames=20, t=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"fbank": torch.randn(n, frames, 16, generator=g), "video": torch.rand(n, 3, t, 16, 16, generator=g),
+            "label": torch.arange(n) % 3, "uid": [f"u{i}" for i in range(n)]}
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def test_take_audio_cuts_and_pads_and_checks_bins():
+    arch = NET.arch()
+    fb = torch.randn(2, 20, 16)
+    assert torch.equal(take_audio({"fbank": fb}, CavmaeInputs(), arch), fb[:, :16])
+    short = take_audio({"fbank": fb[:, :10]}, CavmaeInputs(), arch)
+    assert short.shape == (2, 16, 16) and torch.equal(short[:, :10], fb[:, :10]) and not short[:, 10:].any()
+    with pytest.raises(DataError, match="audio_bins"):
+        take_audio({"fbank": torch.randn(2, 16, 8)}, CavmaeInputs(), arch)
+    with pytest.raises(DataError, match="no audio key"):
+        take_audio({"x": fb}, CavmaeInputs(), arch)
+
+
+def test_take_image_picks_frames_normalises_and_resizes():
+    arch = NET.arch()
+    video = torch.rand(2, 3, 5, 16, 16)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mid = take_image({"video": video}, CavmaeInputs(), arch, None)
+    assert torch.allclose(mid, (video[:, :, 2] - mean) / std)
+    per_sample = take_image({"video": video}, CavmaeInputs(), arch, torch.tensor([0, 4]))
+    assert torch.allclose(per_sample[1], ((video[1:, :, 4] - mean) / std)[0])
+    # an image key wins and is used as delivered (already normalised by the data)
+    img = torch.randn(2, 3, 16, 16)
+    assert torch.equal(take_image({"image": img, "video": video}, CavmaeInputs(), arch, None), img)
+    # short side to 16 (bicubic), centre crop: a 16x24 frame keeps its middle 16 columns
+    wide = take_image({"image": torch.arange(24.0).repeat(2, 3, 16, 1)}, CavmaeInputs(), arch, None)
+    assert wide.shape == (2, 3, 16, 16) and torch.allclose(wide[0, 0, 0], torch.arange(4.0, 20.0))
+    up = take_image({"image": torch.ones(1, 3, 8, 8)}, CavmaeInputs(), arch, None)
+    assert up.shape == (1, 3, 16, 16) and torch.allclose(up, torch.ones_like(up))
+    with pytest.raises(DataError, match="neither"):
+        take_image({"fbank": 0}, CavmaeInputs(), arch, None)
+    assert frame_indices(10, 10) == list(range(10)) and frame_indices(8, 4) == [0, 2, 4, 6] and frame_indices(25, 10)[-1] == 22
+
+
+# ----------------------------------------------------------------------------------- init / files
+def _mae_from(model: CAVMAE) -> dict:
+    """An ImageNet-MAE-layout state built from a tiny CAVMAE: blocks_a -> blocks.i, blocks_u.0 -> last."""
+    s = model.state_dict()
+    out = {k.replace("patch_embed_v", "patch_embed").replace("decoder_pred_v", "decoder_pred"): v for k, v in s.items()
+           if k.startswith(("patch_embed_v", "decoder_pred_v", "decoder_embed", "decoder_norm", "mask_token", "norm."))
+           or (k.startswith("decoder_blocks") and not re.search(r"norm\d_[av]\.", k))}
+    depth = model.cfg.modality_specific_depth
+    for k, v in s.items():
+        if re.search(r"norm\d_[av]\.", k):  # CAV-MAE's modality norms have no MAE counterpart
+            continue
+        if k.startswith("blocks_a."):
+            out["blocks." + k[len("blocks_a."):]] = v
+        elif k.startswith("blocks_u.0."):
+            out[f"blocks.{depth}." + k[len("blocks_u.0."):]] = v
+    return out
+
+
+def test_read_cavmae_state_accepts_ours_official_and_imagenet(tmp_path):
+    torch.manual_seed(0)
+    method = CavmaePretrain(CavmaePretrainConfig(net=NET), INFO)
+    own = method.model.state_dict()
+    save_safetensors_atomic(method.state_dict(), tmp_path / "run" / "weights.safetensors")
+    for src in (tmp_path / "run", tmp_path / "run" / "weights.safetensors"):
+        got = read_cavmae_state(src)
+        assert got.keys() == own.keys() and all(torch.equal(got[k], own[k]) for k in own)
+    save_atomic({f"module.{k}": v for k, v in own.items()}, tmp_path / "official.pth")
+    assert torch.equal(read_cavmae_state(tmp_path / "official.pth")["norm_a.weight"], own["norm_a.weight"])
+    save_atomic({"model": _mae_from(method.model)}, tmp_path / "mae.pth")
+    conv = read_cavmae_state(tmp_path / "mae.pth", method.arch)
+    assert torch.equal(conv["blocks_v.0.attn.qkv.weight"], own["blocks_a.0.attn.qkv.weight"])
+    assert torch.equal(conv["blocks_u.0.norm1_v.weight"], own["blocks_u.0.norm1.weight"])
+    save_atomic({"w": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a CAV-MAE"):
+        read_cavmae_state(tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no weights"):
+        read_cavmae_state(tmp_path)
+
+
+def test_finetune_initialises_from_pretraining_and_keeps_a_new_head(tmp_path):
+    torch.manual_seed(0)
+    pre = CavmaePretrain(CavmaePretrainConfig(net=NET), INFO)
+    with torch.no_grad():
+        pre.model.norm.weight.add_(1.5)
+    save_safetensors_atomic(pre.state_dict(), tmp_path / "w.safetensors")
+    ft = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, init_from=str(tmp_path / "w.safetensors")), INFO)
+    assert torch.equal(ft.model.norm.weight, pre.model.norm.weight)
+    assert ft.model.pos_embed_a.requires_grad  # trainable in finetuning, as in the reference
+    cont = CavmaePretrain(CavmaePretrainConfig(net=NET, init_from=str(tmp_path / "w.safetensors")), INFO)
+    assert all(torch.equal(a, b) for a, b in zip(cont.state_dict().values(), pre.state_dict().values()))
+
+
+# --------------------------------------------------------------------------------------- pretrain
+def test_pretrain_loss_is_the_weighted_sum_with_grouped_negatives():
+    torch.manual_seed(0)
+    cfg = CavmaePretrainConfig(net=NET, w_mae=0.7, w_c=0.3, negative_groups=2, loss_scale=4.0)
+    m = CavmaePretrain(cfg, INFO)
+    b = batch()
+    audio, image = take_audio(b, cfg.inputs, m.arch), take_image(b, cfg.inputs, m.arch, None)
+    noise = (torch.rand(4, 4), torch.rand(4, 4))
+    t = m.losses(audio, image, noise)
+    enc = m.model.forward_encoder(audio, image, 0.75, 0.75, "unstructured", noise)
+    pa, pv = m.model.forward_decoder(enc)
+    la = mae_loss(pa, m.model.patchify_audio(audio), enc.mask_a)
+    lv = mae_loss(pv, m.model.patchify_image(image), enc.mask_v)
+    a, v = enc.c_a.mean(1), enc.c_v.mean(1)
+    nce = (cavmae_contrastive(a[:2], v[:2]).total + cavmae_contrastive(a[2:], v[2:]).total) / 2
+    assert torch.allclose(t["loss_mae_a"], la) and torch.allclose(t["loss_mae_v"], lv) and torch.allclose(t["nce"], nce)
+    assert torch.allclose(t["loss"], 0.7 * (la + lv) + 0.3 * nce)
+    # the reference summed its DataParallel replicas' losses: loss_scale multiplies the total
+    assert m.loss_scale() == 4.0
+    with pytest.raises(ConfigError, match="divisible"):
+        m.losses(audio[:3], image[:3])
+
+
+def test_pretrain_config_validation_and_eval_is_deterministic():
+    with pytest.raises(ConfigError, match="negative_groups"):
+        config_from_data({"method": {"name": "cavmae_pretrain", "gather": True, "negative_groups": 2}, "data": {"name": "gauss"}})
+    with pytest.raises(ConfigError, match="mask_ratio_a"):
+        config_from_data({"method": {"name": "cavmae_pretrain", "mask_ratio_a": 1.0}, "data": {"name": "gauss"}})
+    torch.manual_seed(0)
+    m = CavmaePretrain(CavmaePretrainConfig(net=NET, w_c=0.5), INFO).eval()
+    b = batch()
+    one, two = m.eval_step(b), m.eval_step(b)
+    assert torch.equal(one["loss"], two["loss"]) and one["audio"].shape == (4, 64)
+    metrics = m.eval_metrics(one)
+    assert {"loss_mae_a", "loss_mae_v", "c_acc", "v2a_R@1", "a2v_R@10", "class_a2v_R@1"} <= set(metrics)
+
+
+# --------------------------------------------------------------------------------------- finetune
+def test_param_groups_head_lr_and_linear_probe():
+    m = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, head_lr=50.0), INFO)
+    groups = {g["name"]: g for g in m.param_groups(OptimConfig(no_decay=["norm", "bias"]))}
+    assert set(groups) == {"base", "base_no_decay", "head", "head_no_decay"}
+    assert groups["head"]["lr_scale"] == 50.0 and groups["base"]["lr_scale"] == 1.0
+    assert groups["head_no_decay"]["weight_decay"] == 0.0
+    n_head = sum(p.numel() for p in m.model.mlp_head.parameters())
+    assert sum(p.numel() for g in ("head", "head_no_decay") for p in groups[g]["params"]) == n_head
+    assert sum(p.numel() for g in groups.values() for p in g["params"]) == sum(p.numel() for p in m.model.parameters())
+    probe = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, freeze_base=True, head_lr=10.0), INFO)
+    (only,) = probe.param_groups(OptimConfig())
+    assert only["name"] == "head" and sum(p.numel() for p in only["params"]) == n_head
+    before = probe.model.blocks_a[0].attn.qkv.weight.clone()
+    probe.training_step(batch()).total.backward()
+    assert probe.model.blocks_a[0].attn.qkv.weight.grad is None and torch.equal(before, probe.model.blocks_a[0].attn.qkv.weight)
+
+
+def test_finetune_losses_and_label_smoothing():
+    torch.manual_seed(0)
+    m = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, label_smoothing=0.3, inputs=CavmaeInputs(train_frame="middle")), INFO)
+    y = m.targets(torch.tensor([0, 2]))
+    assert torch.allclose(y, torch.tensor([[0.7, 0.1, 0.1], [0.1, 0.1, 0.7]]))
+    soft = torch.tensor([[0.5, 0.5, 0.0]])
+    assert torch.equal(m.targets(soft), soft)  # soft labels from the data are kept
+    b = batch()
+    out = m.training_step(b)
+    logits = m.model(*m._streams(b, "multimodal", None), "multimodal")
+    ref = -(m.targets(b["label"]) * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert torch.allclose(out.total, ref) and set(out.terms) == {"ce"}
+    bce = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, inputs=CavmaeInputs(train_frame="middle")), DataInfo(num_classes=3, multilabel=True))
+    bce.load_state_dict(m.state_dict())
+    multi = torch.tensor([[1, 0, 1], [0, 1, 0], [0, 0, 1], [1, 1, 0]]).float()
+    got = bce.training_step({**b, "label": multi}).total
+    assert torch.allclose(got, F.binary_cross_entropy_with_logits(logits, multi))
+    with pytest.raises(ConfigError, match="inference mode"):
+        config_from_data({"method": {"name": "cavmae_finetune", "mode": "missingaudioonly"}, "data": {"name": "gauss"}})
+
+
+def test_eval_averages_probabilities_over_frames_and_missing_modality_runs():
+    torch.manual_seed(0)
+    m = CavmaeFinetune(CavmaeFinetuneConfig(net=NET, inputs=CavmaeInputs(eval_frames=2)), INFO).eval()
+    b = batch(t=4)
+    probs = m.predict_probs(b)
+    per = [m.model(*m._streams(b, "multimodal", i), "multimodal").softmax(-1) for i in (0, 2)]
+    assert torch.allclose(probs, (per[0] + per[1]) / 2, atol=1e-6)
+    assert torch.allclose(probs.sum(-1), torch.ones(4))
+    # a multimodally finetuned model tested with one modality: the other key may be absent
+    for mode, drop in (("missingaudioonly", "video"), ("missingvideoonly", "fbank")):
+        m.cfg.eval_mode = mode
+        out = m.eval_step({k: v for k, v in b.items() if k != drop})
+        assert out["probs"].shape == (4, 3) and torch.isfinite(out["probs"]).all()
+    assert math.isfinite(m.eval_metrics(out)["top1"])
+
+
+# ------------------------------------------------------------------------ end to end (engine, recipes)
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "cavmae"
+QUIET = ["train.progress=false", "train.tensorboard=false"]
+
+
+def paired_source(n: int, seed: int, noise: float = 1.0, dim: int = 10) -> DictDataset:
+    """Paired clips whose spectrogram and frame are two fixed random linear "renderings" of one latent
+    z ~ N(0, I_dim) plus independent pixel noise; label = argmax z. Unlike avdigits, the shared content
+    is spread over every patch, so a tiny model can align the modalities in a few hundred steps."""
+    g = torch.Generator().manual_seed(1234)  # the renderers are shared by every split
+    wa, wv = torch.randn(dim, 96 * 16, generator=g) / dim**0.5, torch.randn(dim, 3 * 32 * 32, generator=g) / dim**0.5
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=g)
+    fbank = (z @ wa + noise * torch.randn(n, 96 * 16, generator=g)).view(n, 96, 16)
+    image = (z @ wv + noise * torch.randn(n, 3 * 32 * 32, generator=g)).view(n, 3, 32, 32)
+    return DictDataset(fbank=fbank, image=image, label=z.argmax(1), uid=[f"p{seed}-{i}" for i in range(n)])
+
+
+def _pretrain(tmp: Path, data, overrides: list[str]):
+    """Test metrics of the untrained model and after training the avdigits pretraining recipe."""
+    cfg = load_config(RECIPES / "avdigits-pretrain.yaml", QUIET + overrides)
+    seed_everything(cfg.train.seed)
+    _, fresh = build_method(cfg, data)
+    before = evaluate(fresh, data.test, batch_size=256)
+    return before, train(cfg, out_dir=tmp, data=data)
+
+
+@pytest.fixture(scope="module")
+def avdigits_runs(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("cavmae-avdigits")
+    data = DATASETS.build(load_config(RECIPES / "avdigits-pretrain.yaml", ["data.n_pool=1000"]).data)
+    before, pre = _pretrain(root / "pre", data, ["data.n_pool=1000", "train.epochs=8", "train.eval_every=0"])
+    ft_cfg = load_config(RECIPES / "avdigits-finetune.yaml", QUIET + [f"method.init_from={root / 'pre'}", "data.n_pool=1000", "train.epochs=10"])
+    ft = train(ft_cfg, out_dir=root / "ft", data=DATASETS.build(ft_cfg.data))
+    return before, pre, ft
+
+
+@pytest.mark.slow
+def test_avdigits_pretraining_lowers_both_reconstruction_losses(avdigits_runs):
+    before, pre, _ = avdigits_runs
+    after = pre.metrics["test"]
+    # normalised-pixel targets: 1.0 is "predict the patch mean"; audio falls far below it, frames
+    # (noisy texture around a moving digit) less so
+    assert after["loss_mae_a"] < 0.5 * before["loss_mae_a"], (before, after)
+    assert after["loss_mae_v"] < 0.85 * before["loss_mae_v"], (before, after)
+    for key in ("v2a_R@1", "a2v_R@10", "class_v2a_R@1", "class_a2v_median_rank"):
+        assert key in after
+
+
+@pytest.mark.slow
+def test_avdigits_missing_modality_inference(avdigits_runs):
+    """A multimodally finetuned run tested with one modality: the other batch key is absent."""
+    from xmodal.engine.runs import load_run
+
+    _, _, ft = avdigits_runs
+    loaded = load_run(ft.out_dir)
+    test = loaded.data.test
+    batch = test.__getitems__(list(range(len(test))))
+    method = loaded.method.eval()
+    probs = {"multimodal": method.predict_probs(batch)}
+    for mode, drop in (("missingaudioonly", "video"), ("missingvideoonly", "fbank")):
+        probs[mode] = method.predict_probs({k: v for k, v in batch.items() if k != drop}, mode=mode)
+        assert torch.allclose(probs[mode].sum(1), torch.ones(len(test)), atol=1e-5)
+    assert not torch.allclose(probs["missingaudioonly"], probs["multimodal"], atol=1e-3)
+    assert not torch.allclose(probs["missingvideoonly"], probs["multimodal"], atol=1e-3)
+    # the recipe route: eval_mode makes the method's own eval use one modality
+    one = load_run(ft.out_dir, overrides=["method.eval_mode=missingaudioonly"], data=loaded.data).method.eval()
+    assert torch.allclose(one.eval_step({k: v for k, v in batch.items() if k != "video"})["probs"], probs["missingaudioonly"])
+
+
+@pytest.fixture(scope="module")
+def paired_runs(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("cavmae-paired")
+    info = DataInfo(num_classes=10)
+    test = paired_source(300, 2)
+    before, pre = _pretrain(root / "pre", DataBundle(train=paired_source(2000, 1), test=test, info=info),
+                            ["train.epochs=12", "train.eval_every=0"])
+    labelled = DataBundle(train=paired_source(60, 3), test=test, info=info)
+    top1 = {}
+    for seed in (0, 1):
+        for name, extra in (("pretrained", []), ("scratch", ["method.init_from=null"])):
+            cfg = load_config(RECIPES / "avdigits-finetune.yaml", QUIET + [
+                f"method.init_from={root / 'pre'}", f"train.seed={seed}", "train.batch_size=20", "method.inputs.eval_frames=1"] + extra)
+            top1[name, seed] = train(cfg, out_dir=root / f"{name}{seed}", data=labelled).metrics["test"]["top1"]
+    return before, pre, top1
+
+
+@pytest.mark.slow
+def test_pretraining_aligns_the_modalities(paired_runs):
+    before, pre, _ = paired_runs
+    after = pre.metrics["test"]
+    # chance: c_acc 1/300 over the whole test batch, exact-pair R@1 1/300
+    assert after["c_acc"] > 0.2 and before["c_acc"] < 0.05, (before["c_acc"], after["c_acc"])
+    assert after["v2a_R@1"] > 50.0 and after["a2v_R@1"] > 25.0, after
+    assert after["v2a_R@1"] > 10 * before["v2a_R@1"] + 5
+    assert after["nce"] < before["nce"] - 1.0
+    assert after["loss_mae_a"] < before["loss_mae_a"] and after["loss_mae_v"] < before["loss_mae_v"]
+
+
+@pytest.mark.slow
+def test_finetuning_from_pretrained_beats_scratch_at_equal_steps(paired_runs):
+    _, _, top1 = paired_runs
+    pre = (top1["pretrained", 0] + top1["pretrained", 1]) / 2
+    scratch = (top1["scratch", 0] + top1["scratch", 1]) / 2
+    assert pre > scratch + 4.0, top1
