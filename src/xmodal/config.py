@@ -400,6 +400,9 @@ class TrainConfig:
     num_workers: int = 0
     threads: int = 0  # torch intra-op threads; 0 = leave as is
     drop_last: bool = True
+    # balanced: draw with replacement by sample weight (CAV-MAE: class weight 1000/(count+0.01),
+    # a sample's weight is the sum over its labels; the data's `sample_weights()`)
+    sampler: Literal["uniform", "balanced"] = "uniform"
     log_every: int = 10
     eval_every: int = 1  # epochs; 0 = only after training
     ckpt_every_steps: int = 0
@@ -410,6 +413,7 @@ class TrainConfig:
     # Before the final evaluation, re-estimate BatchNorm statistics as exact averages over this
     # many training batches (0 = off): short runs leave momentum-averaged statistics stale.
     recompute_bn: int = 0
+    save_epoch_weights: bool = False  # also write epochs/epoch_NNN.safetensors (weight averaging)
     out_dir: str = "runs/{name}"
 
     def validate(self) -> None:

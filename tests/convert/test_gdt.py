@@ -100,3 +100,21 @@ def test_published_table_is_the_released_trunk():
     assert table["audio.conv1.weight"] == (64, 1, 7, 7) and table["mlp_v.block_forward.8.weight"] == (256, 512)
     n_video = sum(torch.Size(s).numel() for k, s in video.items() if "running" not in k and "num_batches" not in k)
     assert n_video == 31_300_125  # 31.30 M (§3.1; tests/models/test_video.py)
+
+
+@pytest.mark.slow
+def test_convert_cli_on_a_published_size_release(tmp_path, capsys):
+    """`xmodal convert gdt` on a file with the released layout at published sizes (31.3 M trunk)."""
+    from xmodal.cli import main
+    from xmodal.engine.checkpoint import load_state_file
+
+    torch.manual_seed(0)
+    full = GDT(GDTConfig(), DataInfo())
+    torch.save({"model": _released(full, audio_fc=False), "epoch": 101}, tmp_path / "gdt.pth")
+    assert main(["convert", "gdt", str(tmp_path / "gdt.pth"), str(tmp_path / "gdt.safetensors"), "--opt", "parts=video"]) == 0
+    assert "tensors converted" in capsys.readouterr().out
+    state = load_state_file(tmp_path / "gdt.safetensors")
+    assert state and all(k.startswith("video.") for k in state)
+    assert torch.equal(state["video.stem.0.weight"], full.state_dict()["video.stem.0.weight"])
+    assert main(["convert", "gdt", str(tmp_path / "gdt.pth"), str(tmp_path / "x.safetensors"), "--opt", "part=video"]) == 2
+    assert "unknown option(s) ['part']" in capsys.readouterr().err

@@ -39,3 +39,22 @@ def test_param_groups_scale_no_decay_and_unscheduled():
     sched.step()
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.001, 0.1])
     assert opt.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_balanced_weights_and_weighted_sampler():
+    from xmodal.data.bundle import balanced_weights
+    from xmodal.engine.dist import ResumableSampler
+
+    w = balanced_weights([[0], [0], [0], [1], [0, 1], []], 3)
+    cw0, cw1 = 1000 / 4.01, 1000 / 2.01
+    assert w.tolist() == pytest.approx([cw0, cw0, cw0, cw1, cw0 + cw1, cw0])
+    # draws follow the weights, are reproducible per (seed, epoch) and shard by rank
+    weights = torch.tensor([1.0, 0.0, 3.0, 0.0])
+    s = ResumableSampler(4000, seed=1, weights=weights.repeat(1000))
+    idx = torch.tensor(s.indices()) % 4
+    assert (idx == 1).sum() == 0 and (idx == 3).sum() == 0
+    assert 0.70 < (idx == 2).float().mean() < 0.80
+    assert s.indices() == ResumableSampler(4000, seed=1, weights=weights.repeat(1000)).indices()
+    r0 = ResumableSampler(4000, seed=1, rank=0, world_size=2, weights=weights.repeat(1000)).indices()
+    r1 = ResumableSampler(4000, seed=1, rank=1, world_size=2, weights=weights.repeat(1000)).indices()
+    assert sorted(r0 + r1) == sorted(s.indices())

@@ -177,3 +177,12 @@ def test_recompute_batchnorm_gives_exact_statistics():
     assert torch.allclose(net[1].running_mean, means, atol=1e-5)
     assert torch.allclose(net[1].running_var, vars_, atol=1e-4)
     assert net[1].momentum == 0.1 and torch.equal(teacher.running_mean, before)
+
+
+def test_epoch_weights_and_balanced_sampler_need_weights(tmp_path):
+    cfg = load_config(RECIPE, ["train.epochs=3", "train.eval_every=0", "train.save_epoch_weights=true"])
+    train(cfg, out_dir=tmp_path / "a")
+    assert sorted(p.name for p in (tmp_path / "a" / "epochs").iterdir()) == [f"epoch_00{i}.safetensors" for i in (1, 2, 3)]
+    assert same(load_state_file(tmp_path / "a" / "epochs" / "epoch_003.safetensors"), weights(tmp_path / "a"))
+    with pytest.raises(ConfigError, match="balanced sampling needs sample weights; data source 'gauss'"):
+        train(load_config(RECIPE, ["train.sampler=balanced"]), out_dir=tmp_path / "b")

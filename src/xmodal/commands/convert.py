@@ -27,6 +27,9 @@ CONVERTERS: dict[str, Converter] = {
     "cavmae-imagenet": Converter("ImageNet MAE ViT-B checkpoint -> CAV-MAE pretraining init (both streams; "
                                  "the reference's ori_mae_11.pth); --opt size=base|tiny",
                                  "xmodal.commands.cavmae:convert_imagenet"),
+    "gdt": Converter("released GDT/STiCA checkpoint -> our r2plus1d_18 / resnet9 / projection-head keys; "
+                     "--opt parts=video (trunk only) | video,audio | video,audio,heads (default)",
+                     "xmodal.commands.convert:convert_gdt_file"),
 }
 
 
@@ -38,6 +41,22 @@ def resolve(name: str) -> Callable:
         module, _, attr = fn.partition(":")
         fn = getattr(importlib.import_module(module), attr)
     return fn
+
+
+def convert_gdt_file(in_path: str, out_path: str, args) -> str:
+    """GDT/STiCA release -> safetensors; fails unless the video trunk is fully covered."""
+    from xmodal.convert.gdt import convert_gdt
+    from xmodal.engine.checkpoint import save_safetensors_atomic
+
+    opts = dict(getattr(args, "options", {}) or {})
+    unknown = sorted(set(opts) - {"parts"})
+    if unknown:
+        raise ConfigError(f"convert gdt: unknown option(s) {unknown}; known: parts")
+    parts = opts.get("parts", "video,audio,heads")
+    parts = tuple(p.strip() for p in (parts.split(",") if isinstance(parts, str) else parts))
+    conv = convert_gdt(in_path, parts=parts)
+    save_safetensors_atomic(conv.state, out_path, {"source": str(in_path), "parts": ",".join(parts)})
+    return f"{in_path} -> {out_path}: {conv.summary()}"
 
 
 def parse_options(pairs: list[str]) -> dict:

@@ -59,6 +59,20 @@ class DictDataset(Dataset):
         return out
 
 
+def balanced_weights(label_lists: list[list[int]], num_classes: int) -> torch.Tensor:
+    """CAV-MAE's balanced-sampler weights: class weight 1000 / (count + 0.01) over these samples;
+    a sample's weight is the sum over its labels (unlabelled samples get the smallest weight)."""
+    counts = torch.zeros(num_classes, dtype=torch.double)
+    for labels in label_lists:
+        for c in labels:
+            counts[c] += 1
+    cw = 1000.0 / (counts + 0.01)
+    w = torch.tensor([float(cw[list(labels)].sum()) if labels else 0.0 for labels in label_lists], dtype=torch.double)
+    if bool((w == 0).any()):
+        w[w == 0] = float(w[w > 0].min()) if bool((w > 0).any()) else 1.0
+    return w
+
+
 def collate(batch):
     """Default collate that passes already-batched dicts (from `__getitems__`) through."""
     if isinstance(batch, dict):

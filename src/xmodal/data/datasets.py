@@ -339,6 +339,17 @@ class StoreDataset(Dataset):
         """The stored sample of entry `entry` of the split (from the cache when there is one)."""
         return StoredSample(self.entries[entry], self.reader, self.cache, entry)
 
+    def sample_weights(self) -> torch.Tensor:
+        """Per-item weights for `train.sampler: balanced`: a weight recorded at prep (the
+        importer's `meta.weight`, e.g. AS-2M's weight csv) for every entry, else CAV-MAE's
+        class-balanced weights computed from this split's labels."""
+        from xmodal.data.bundle import balanced_weights
+
+        entries = [self.entries[it.entry] for it in self.items]
+        if entries and all("weight" in e for e in entries):
+            return torch.tensor([float(e["weight"]) for e in entries], dtype=torch.double)
+        return balanced_weights([e["labels"] for e in entries], self.store.num_classes)
+
     def groups(self) -> list[str]:
         """The video uid of every item (what eval aggregates over)."""
         return [self.entries[it.entry]["uid"] for it in self.items]

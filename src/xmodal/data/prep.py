@@ -437,6 +437,8 @@ def _write_sample(writer: TarWriter, row: ManifestRow, res) -> dict:
         entry["group"] = row.group
     if row.text is not None:
         entry["text"] = row.text
+    if isinstance(row.meta.get("weight"), (int, float)):
+        entry["weight"] = float(row.meta["weight"])  # balanced-sampler weight from the importer
     entry["members"] = members
     video = dict(res.video) if res.video else None
     if video is not None and "frames.npy" in members:

@@ -154,8 +154,12 @@ class ResumableSampler(torch.utils.data.Sampler):
     first `start` of this rank's indices: the position saved in a checkpoint.
     """
 
-    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+    def __init__(self, n: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False, weights: torch.Tensor | None = None):
         self.n, self.shuffle, self.seed = n, shuffle, seed
+        # weights: draw n indices with replacement in proportion to them (balanced sampling)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        assert self.weights is None or (len(self.weights) == n and bool((self.weights >= 0).all()) and float(self.weights.sum()) > 0)
         self.rank, self.world = rank, world_size
         self.drop_last = drop_last
         self.epoch, self.start = 0, 0
@@ -168,9 +172,11 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.epoch, self.start = epoch, start
 
     def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))

@@ -108,7 +108,14 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     method.to(ctx.device)
     optimizer = build_optimizer(method.param_groups(cfg.optim), cfg.optim)
 
-    sampler = dist.ResumableSampler(len(data.train), shuffle=True, seed=tc.seed, rank=ctx.rank, world_size=ctx.world_size, drop_last=tc.drop_last)
+    weights = None
+    if tc.sampler == "balanced":
+        get = getattr(data.train, "sample_weights", None)
+        if get is None:
+            raise ConfigError(f"train.sampler: balanced sampling needs sample weights; data source '{cfg.data.name}' provides none")
+        weights = get()
+    sampler = dist.ResumableSampler(len(data.train), shuffle=True, seed=tc.seed, rank=ctx.rank, world_size=ctx.world_size,
+                                    drop_last=tc.drop_last, weights=weights)
     batches_per_epoch = (sampler.per_rank // tc.batch_size) if tc.drop_last else -(-sampler.per_rank // tc.batch_size)
     steps_per_epoch = batches_per_epoch // tc.grad_accum
     if steps_per_epoch < 1:
@@ -255,6 +262,9 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
             finished_epoch = micro >= steps_per_epoch * tc.grad_accum
             if finished_epoch:
                 epoch, position = epoch + 1, 0
+                if tc.save_epoch_weights and ctx.is_main:
+                    save_safetensors_atomic(method.state_dict(), out / "epochs" / f"epoch_{epoch:03d}.safetensors",
+                                            {"name": cfg.name, "epoch": epoch, "step": step})
                 if eval_split is not None and tc.eval_every and epoch % tc.eval_every == 0 and step < total_steps:
                     metrics = evaluate(method, eval_split, batch_size=tc.batch_size, collate=data.collate or collate, device=ctx.device, amp=tc.amp, num_workers=tc.num_workers, progress_bar=tc.progress)
                     logger.log("val" if data.val is not None else "test", step, metrics, epoch=epoch)

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Callable
 
 PROTOCOLS: dict[str, Callable] = {}
-_MODULES: list[str] = ["xmodal.eval.ssl"]  # imported on first lookup
+_MODULES: list[str] = ["xmodal.eval.ssl", "xmodal.eval.cavmae"]  # imported on first lookup
 _loaded = False
 
 
