@@ -131,7 +131,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     one = tmp_path / "one"
     cli("train", str(RECIPE), "--out", str(one), *sum((["--set", s] for s in sets + ["train.batch_size=50"]), []))
     two = tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     "-m", "xmodal.cli", "train", str(RECIPE), "--out", str(two),
                     *sum((["--set", s] for s in sets + ["train.batch_size=25"]), [])],
                    env=env(), check=True, capture_output=True, text=True)
