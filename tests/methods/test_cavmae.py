@@ -72,6 +72,14 @@ def test_take_image_picks_frames_normalises_and_resizes():
     assert frame_indices(10, 10) == list(range(10)) and frame_indices(8, 4) == [0, 2, 4, 6] and frame_indices(25, 10)[-1] == 22
 
 
+def test_take_image_grayscale_is_luma_in_every_channel():
+    arch = NET.arch()
+    video = torch.rand(2, 3, 5, 16, 16)
+    grey = take_image({"video": video}, CavmaeInputs(grayscale=True, normalize_video=False), arch, None)
+    luma = 0.299 * video[:, 0, 2] + 0.587 * video[:, 1, 2] + 0.114 * video[:, 2, 2]
+    assert all(torch.allclose(grey[:, c], luma, atol=1e-6) for c in range(3))
+
+
 # ----------------------------------------------------------------------------------- init / files
 def _mae_from(model: CAVMAE) -> dict:
     """An ImageNet-MAE-layout state built from a tiny CAVMAE: blocks_a -> blocks.i, blocks_u.0 -> last."""
@@ -145,6 +153,32 @@ def test_pretrain_loss_is_the_weighted_sum_with_grouped_negatives():
     assert m.loss_scale() == 4.0
     with pytest.raises(ConfigError, match="divisible"):
         m.losses(audio[:3], image[:3])
+
+
+def test_pretrain_contrastive_on_unmasked_centred_features():
+    """`contrast_tokens: unmasked` pools a second, unmasked pass (forward_feat); `center` removes
+    each side's batch mean before the cosine; the MAE terms are unchanged by either."""
+    torch.manual_seed(0)
+    cfg = CavmaePretrainConfig(net=NET, w_c=0.5, contrast_tokens="unmasked", center=True, temperature=0.1, symmetric=True)
+    m = CavmaePretrain(cfg, INFO)
+    b = batch()
+    audio, image = take_audio(b, cfg.inputs, m.arch), take_image(b, cfg.inputs, m.arch, None)
+    noise = (torch.rand(4, 4), torch.rand(4, 4))
+    t = m.losses(audio, image, noise)
+    feats = m.model.forward_feat(audio, image)
+    a, v = feats.audio.mean(1), feats.image.mean(1)
+    nce = cavmae_contrastive(a - a.mean(0), v - v.mean(0), 0.1, symmetric=True).total
+    assert torch.allclose(t["nce"], nce)
+    m.cfg.contrast_tokens, m.cfg.center = "visible", False
+    ref = m.losses(audio, image, noise)
+    assert torch.equal(ref["loss_mae_a"], t["loss_mae_a"]) and not torch.allclose(ref["nce"], t["nce"])
+    # retrieval of a centred model ranks centred features: a common offset changes nothing
+    from xmodal.eval.cavmae import retrieval_metrics
+
+    fa, fv = torch.randn(6, 8), torch.randn(6, 8)
+    centred = retrieval_metrics(fa, fv, center=True)
+    assert centred == retrieval_metrics(fa + 10.0, fv - 7.0, center=True)
+    assert retrieval_metrics(fa + 10.0, fv - 7.0) != centred
 
 
 def test_pretrain_config_validation_and_eval_is_deterministic():
