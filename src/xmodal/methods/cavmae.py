@@ -289,12 +289,12 @@ class CavmaePretrain(Method):
                 a, v = feats.audio.mean(dim=1), feats.image.mean(dim=1)
             else:
                 a, v = enc.c_a.mean(dim=1), enc.c_v.mean(dim=1)
-            if c.center:
-                a, v = a - a.mean(dim=0, keepdim=True), v - v.mean(dim=0, keepdim=True)
             g = c.negative_groups
             if a.shape[0] % g:
                 raise ConfigError(f"method.negative_groups: batch of {a.shape[0]} is not divisible into {g} groups")
-            outs = [cavmae_contrastive(ai, vi, c.temperature, c.symmetric, c.gather) for ai, vi in zip(a.chunk(g), v.chunk(g))]
+            center = (lambda x: x - x.mean(dim=0, keepdim=True)) if c.center else (lambda x: x)  # per group (local batch)
+            outs = [cavmae_contrastive(center(ai), center(vi), c.temperature, c.symmetric, c.gather)
+                    for ai, vi in zip(a.chunk(g), v.chunk(g))]
             terms["nce"] = torch.stack([o.total for o in outs]).mean()
             terms["c_acc"] = torch.stack([torch.as_tensor(o.terms["c_acc"]) for o in outs]).float().mean()
         terms["loss"] = c.w_mae * (terms["loss_mae_a"] + terms["loss_mae_v"]) + c.w_c * terms["nce"]
