@@ -121,12 +121,13 @@ def retrieval_metrics(audio: Any, image: Any, labels: Any = None, center: bool =
     return out
 
 
-def collect_retrieval(method: Any, dataset: Any, *, batch_size: int = 64, collate=None) -> dict[str, float]:
+def collect_retrieval(method: Any, dataset: Any, *, batch_size: int = 64, collate=None, progress_bar: bool = True) -> dict[str, float]:
     from xmodal.engine.evaluate import collect_outputs
 
     if not hasattr(method, "retrieval_step"):
         raise ConfigError(f"cavmae retrieval needs a pretrained CAV-MAE run (cavmae_pretrain), got {type(method).__name__}")
-    out = collect_outputs(method, dataset, batch_size=batch_size, collate=collate, desc="retrieval", step_fn="retrieval_step")
+    out = collect_outputs(method, dataset, batch_size=batch_size, collate=collate, desc="retrieval", step_fn="retrieval_step",
+                          progress_bar=progress_bar)
     return retrieval_metrics(out["audio"], out["image"], out.get("label"), center=bool(getattr(method.cfg, "center", False)))
 
 

@@ -69,12 +69,13 @@ def run_avdigits_chain(
     data = DATASETS.build(cfg.data)
     seed_everything(cfg.train.seed)
     _, fresh = build_method(cfg, data)
-    before = evaluate(fresh, data.test, batch_size=cfg.train.batch_size)
+    before = evaluate(fresh, data.test, batch_size=cfg.train.batch_size, progress_bar=not quiet)
     clock["data+before"], t = time.time() - t, time.time()
     pre = train(cfg, out_dir=out / "pretrain", data=data)
     clock["pretrain"], t = time.time() - t, time.time()
     pre.method.eval()
-    retrieval = collect_retrieval(pre.method, data.test, batch_size=cfg.train.batch_size, collate=data.collate)
+    retrieval = collect_retrieval(pre.method, data.test, batch_size=cfg.train.batch_size, collate=data.collate,
+                                  progress_bar=not quiet)
     summary = None
     if inpaint:
         with torch.no_grad():
