@@ -64,6 +64,10 @@ class AVDigitsConfig:
     distractor: bool = False  # a smaller, dimmer digit of another class moving behind
     brightness: tuple[float, float] = (0.6, 1.0)
     speed: tuple[float, float] = (1.0, 3.0)  # px per frame
+    # "none": the digit stays still at the centre of every frame (the same random draws are made, so
+    # everything else about a clip is unchanged): for models without translation invariance, such as
+    # a tiny ViT whose patch grid then sees the whole digit in its central patches (CAV-MAE recipes)
+    motion: Literal["bounce", "none"] = "bounce"
     snr_db: tuple[float, float] = (-5.0, 10.0)
     gap: float = 0.0  # fraction of clips whose audio says another class
     gap_mode: Literal["fixed", "random"] = "fixed"
@@ -94,6 +98,8 @@ class AVDigitsConfig:
             raise ValueError("test_image_fraction and test_speaker_fraction must be in (0, 1)")
         if self.video_noise < 0:
             raise ValueError("video_noise must be >= 0")
+        if self.motion not in ("bounce", "none"):
+            raise ValueError(f"motion must be 'bounce' or 'none', got {self.motion!r}")
 
 
 @dataclass
@@ -295,6 +301,8 @@ def _render_video(
     tt = np.arange(t, dtype=np.float64)
     vel = speed[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1)
     pos = np.rint(_bounce(p0, vel, tt, h - s_big)).astype(np.int64)
+    if cfg.motion == "none":
+        pos[:] = (h - s_big) // 2
     if cfg.distractor:
         d_vel = d_speed[:, None] * np.stack([np.sin(d_angle), np.cos(d_angle)], 1)
         d_pos = np.rint(_bounce(d_p0, d_vel, tt, h - h // 4)).astype(np.int64)
