@@ -202,11 +202,22 @@ def permuted_logits(head: Callable[[Tensor], Tensor], x: Tensor, channels: Tenso
         delta = moved - x[:, channels].T  # [P, B]
         return torch.addcmul(base[None], delta[..., None], head.weight[:, channels].T[:, None, :])
     if x.ndim == 2 and isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], nn.Linear):
-        pre = permuted_logits(head[0], x, channels, perms)
-        return head[1:](pre.flatten(0, 1)).reshape(p, b, -1)
+        pre = permuted_logits(head[0], x, channels, perms).flatten(0, 1)  # [P·B, H], a fresh tensor
+        rest = head[1:]
+        if isinstance(rest[0], nn.ReLU):  # in place: one pass less over the largest tensor
+            pre.clamp_min_(0)
+            rest = rest[1:]
+        return rest(pre).reshape(p, b, -1)
     stack = x.unsqueeze(0).repeat(p, *([1] * x.ndim))
     stack[torch.arange(p, device=x.device)[:, None], torch.arange(b, device=x.device)[None], channels[:, None]] = moved
     return head(stack.flatten(0, 1)).reshape(p, b, -1)
+
+
+def _hidden_width(head: Callable[[Tensor], Tensor]) -> int:
+    """Width of the [P·B, H] pre-activations the Sequential shortcut of `permuted_logits` builds."""
+    if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], nn.Linear):
+        return head[0].out_features
+    return 0
 
 
 def _target_scale(head: Callable[[Tensor], Tensor], feats: Tensor, target: Tensor, bs: int) -> float:
@@ -231,7 +242,7 @@ def modality_general_saliency(
     generator: torch.Generator | None = None,
     permutations: str = "composed",
     calibrate: bool = False,
-    chunk_elems: int = 1 << 20,
+    chunk_elems: int = 1 << 22,
 ) -> SaliencyResult:
     """Algorithm 1 steps 2-3: permutation saliency of every channel of a teacher place.
 
@@ -279,7 +290,7 @@ def modality_general_saliency(
             baseline += _dist(base[None], t[None], distance).item()
             if permutations == "composed":
                 sigma, tau = draw(repeats, b), draw(d, b)
-            chunk = max(1, chunk_elems // (b * (x[0].numel() + base.shape[1])))
+            chunk = max(1, chunk_elems // (b * (x[0].numel() + base.shape[1] + _hidden_width(head))))
             for c in range(0, len(pairs), chunk):
                 ch = pairs[c : c + chunk]
                 # composed: perm[p][j] = σ_m[τ_i[j]] for pair p = (channel i, repeat m)

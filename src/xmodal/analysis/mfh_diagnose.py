@@ -73,6 +73,11 @@ class SaliencyConfig:
     # f_b then carries more of what the modalities share (the gauss threshold 0.4 was set with it).
     reference: Literal["supervised", "joint"] = "supervised"
     joint_lr: float = 0.01
+    # Labelled paired split the reference is trained on ("" = student.split, then the supervised
+    # reference is the no-KD student itself). A reference near chance makes γ̂ ≈ 0 whatever the
+    # teacher (γ̂ is attenuated by the reference's noise): give it enough labelled pairs, e.g. the
+    # pool's labels, which only the diagnostic reads, never the KD student.
+    reference_split: str = ""
 
 
 @dataclass
@@ -134,7 +139,8 @@ class DiagnoseResult:
     top_channels: list[int]
     teacher_acc: float  # on its own labels, test split
     teacher_acc_on_student_labels: float  # the teacher's predictions scored against the student's labels
-    student_acc: float  # no-KD student (= f_b), test split
+    student_acc: float  # no-KD student, test split
+    reference_acc: float  # the student-side reference net of Algorithm 1, test split (= student_acc when it is the no-KD student)
     kd_acc: float | None = None  # observed, when verify_kd
     kd_gain: float | None = None  # kd_acc − student_acc (points)
     agrees: bool | None = None  # the verdict matches the sign of the observed gain
@@ -288,10 +294,15 @@ def diagnose(config: DiagnoseConfig | dict | str | Path, *, out_dir: str | Path 
         student = _train_side(cfg, cfg.student, "student", data, out)
         seconds["student"] = time.perf_counter() - t
         reference = student.model
+        ref_split = cfg.saliency.reference_split or cfg.student.split
         if cfg.saliency.reference == "joint":
             t = time.perf_counter()
-            reference = _joint_reference(cfg, data)
-            seconds["joint"] = time.perf_counter() - t
+            reference = _joint_reference(cfg, data, ref_split)
+            seconds["reference"] = time.perf_counter() - t
+        elif ref_split != cfg.student.split:
+            t = time.perf_counter()
+            reference = _train_side(cfg, dataclasses.replace(cfg.student, split=ref_split), "reference", data, out).model
+            seconds["reference"] = time.perf_counter() - t
         res = _score(cfg, data, teacher, student, reference, seconds, source)
         if cfg.verify_kd:
             t = time.perf_counter()
@@ -313,7 +324,7 @@ def _raise_incomplete(cfg: DiagnoseConfig) -> None:
         raise ConfigError(f"mfh diagnose: {e}") from None
 
 
-def _joint_reference(cfg: DiagnoseConfig, data: Any) -> nn.Module:
+def _joint_reference(cfg: DiagnoseConfig, data: Any, split: str) -> nn.Module:
     """Algorithm 1 step 1 on the student's labelled pairs; returns f_b."""
     from xmodal.data.bundle import collate as default_collate
     from xmodal.engine.trainer import seed_everything
@@ -321,7 +332,7 @@ def _joint_reference(cfg: DiagnoseConfig, data: Any) -> nn.Module:
     from xmodal.registry import MODELS
 
     side = cfg.student
-    ds = _bundle_for(data, side.split, "student").train
+    ds = _bundle_for(data, split, "saliency.reference").train
     seed_everything(cfg.seed + 1)
     f_a = _Logits(MODELS.build(fill_model_dims(cfg.teacher.model, data.info, cfg.teacher.modality)))
     f_b = _Logits(MODELS.build(fill_model_dims(side.model, data.info, side.modality)))
@@ -375,12 +386,15 @@ def _score(cfg: DiagnoseConfig, data: Any, teacher: Any, student: Any, reference
     teacher_acc = _acc(tt["logits"], tt[cfg.teacher.label_key])
     teacher_on_student = _acc(tt["logits"], tt[cfg.student.label_key]) if cfg.student.label_key in tt else float("nan")
     student_acc = _acc(st["logits"], st[cfg.student.label_key])
+    rt = st if reference is student.model else _outputs(reference, test, cfg.student.modality, data.collate, label_keys=(cfg.student.label_key,))
+    reference_acc = _acc(rt["logits"], rt[cfg.student.label_key])
     v = mfh.kd_verdict(res, threshold=cfg.threshold, teacher_acc=teacher_acc, student_acc=student_acc)
     return DiagnoseResult(
         name=cfg.name, teacher_modality=cfg.teacher.modality, student_modality=cfg.student.modality,
         gamma_hat=v.gamma_hat, helps=v.helps, threshold=v.threshold, verdict=v.text,
         scores=[round(float(s), 5) for s in res.scores], ranking=res.ranking.tolist(), top_channels=v.top_channels,
         teacher_acc=teacher_acc, teacher_acc_on_student_labels=teacher_on_student, student_acc=student_acc,
+        reference_acc=reference_acc,
         n_saliency=len(feats), teacher_source=source, config=to_dict(cfg),
     )  # fmt: skip
 
