@@ -66,6 +66,10 @@ class SaliencyConfig:
     batch_size: int = 512
     distance: Literal["mse", "mae"] = "mse"
     max_samples: int = 0  # 0 = the whole split
+    # γ̂ from the per-channel permutations ("channels", exact for independent channels such as
+    # gauss inputs) or from permuting the whole place at once ("joint": robust to the correlated
+    # channels of a CNN feature; see mfh.estimate_gamma)
+    gamma: Literal["channels", "joint"] = "joint"
     # The modality-b net whose logits the teacher is scored against. "supervised": the no-KD
     # student itself (trained on the student's labelled split). "joint": Algorithm 1 step 1, a fresh
     # teacher-architecture f_a and student-architecture f_b trained together on the labelled pairs
@@ -388,7 +392,7 @@ def _score(cfg: DiagnoseConfig, data: Any, teacher: Any, student: Any, reference
     student_acc = _acc(st["logits"], st[cfg.student.label_key])
     rt = st if reference is student.model else _outputs(reference, test, cfg.student.modality, data.collate, label_keys=(cfg.student.label_key,))
     reference_acc = _acc(rt["logits"], rt[cfg.student.label_key])
-    v = mfh.kd_verdict(res, threshold=cfg.threshold, teacher_acc=teacher_acc, student_acc=student_acc)
+    v = mfh.kd_verdict(res, threshold=cfg.threshold, teacher_acc=teacher_acc, student_acc=student_acc, mode=sal.gamma)
     return DiagnoseResult(
         name=cfg.name, teacher_modality=cfg.teacher.modality, student_modality=cfg.student.modality,
         gamma_hat=v.gamma_hat, helps=v.helps, threshold=v.threshold, verdict=v.text,
