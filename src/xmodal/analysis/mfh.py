@@ -407,6 +407,19 @@ def estimate_gamma(result: SaliencyResult, mode: str = "channels") -> float:
     return float(min(1.0, max(0.0, gain / total)))
 
 
+def explained_share(teacher_logits: Tensor, reference_logits: Tensor) -> float:
+    """Closed form of the whole-place γ̂ for given logits: β·Cov(t, r) / Var(t) with the
+    calibration β ≥ 0 of `modality_general_saliency(calibrate=True)` (what ``joint`` estimates
+    by permutation). Used for the ceiling of a reference: `teacher_logits` = one-hot labels."""
+    t, r = teacher_logits.double(), reference_logits.double()
+    tc, rc = t - t.mean(1, keepdim=True), r - r.mean(1, keepdim=True)
+    den = rc.square().sum().item()
+    beta = max(0.0, (tc * rc).sum().item() / den) if den > 0 else 0.0
+    cov = ((t - t.mean(0)) * (r - r.mean(0))).sum(1).mean().item()
+    var = (t - t.mean(0)).square().sum(1).mean().item()
+    return float(min(1.0, max(0.0, beta * cov / var))) if var > 0 else 0.0
+
+
 @dataclass
 class KDVerdict:
     gamma_hat: float
@@ -417,7 +430,7 @@ class KDVerdict:
 
 
 def kd_verdict(result: SaliencyResult, *, threshold: float = 0.4, teacher_acc: float | None = None, student_acc: float | None = None,
-               mode: str = "channels") -> KDVerdict:
+               mode: str = "channels", ceiling: float | None = None) -> KDVerdict:
     """Plain-language MFH verdict: KD is expected to help when γ̂ ≥ threshold.
 
     MFH: the KD gain grows with γ, not with the teacher's accuracy. `result` should score the
@@ -427,6 +440,8 @@ def kd_verdict(result: SaliencyResult, *, threshold: float = 0.4, teacher_acc: f
     Δ −0.3 → +0.4 points; Setting A d = 40 has γ̂ 0.35, Δ ≈ 0; Setting T k = 5 has γ̂ 0.42, Δ +0.3.
     """
     g = estimate_gamma(result, mode)
+    if ceiling is not None:  # relative to what the reference can explain at all (mfh_diagnose)
+        g = min(1.0, g / ceiling) if ceiling > 0 else 0.0
     gain = result.gain.clamp_min(0)
     order = torch.argsort(gain, descending=True, stable=True)
     cum = torch.cumsum(gain[order], 0)

@@ -3,15 +3,18 @@
 Given a recipe naming a teacher modality and a student modality on one paired data source:
 
 1. the teacher is trained on its own modality (or loaded from a checkpoint / run folder);
-2. a student-side reference net f_b is trained on the student's labelled split (this is also the
-   no-KD student);
+2. the no-KD student is trained on the student's labelled split, and a student-side reference
+   net f_b (`saliency.reference`: that student, one trained on another labelled paired split, or
+   Algorithm 1 step 1's jointly trained f_b);
 3. Algorithm 1's permutation saliency scores every channel of the teacher's place (default: the
    pooled feature before its classifier) on the paired split where KD would happen (e.g. the
    unlabelled pool), against f_b's logits on the paired student inputs, calibrated to the
    teacher's logit scale (`mfh.modality_general_saliency(calibrate=True)`);
-4. γ̂ = the modality-general share of the teacher's decisive signal (`mfh.estimate_gamma`) and a
+4. γ̂ = the modality-general share of the teacher's decisive signal (`mfh.estimate_gamma`,
+   per channel or for the whole place, optionally divided by the reference's ceiling) and a
    plain-language verdict (`mfh.kd_verdict`);
-5. optionally (`verify_kd`) a KD student is trained and its gain over f_b measured.
+5. optionally (`verify_kd`) a KD student is trained and its gain over a no-KD student measured
+   (analysis/mfh_kd.py: the `kd` method where it applies, else a minimal loop).
 
 Everything is callable from Python: ``diagnose(DiagnoseConfig | dict | path) -> DiagnoseResult``.
 The models are trained through the engine (`engine.trainer.train`), so a teacher trained here and
@@ -70,6 +73,11 @@ class SaliencyConfig:
     # gauss inputs) or from permuting the whole place at once ("joint": robust to the correlated
     # channels of a CNN feature; see mfh.estimate_gamma)
     gamma: Literal["channels", "joint"] = "joint"
+    # [ours] divide γ̂ by the ceiling a reference of this quality can reach: the same explained
+    # share computed for a teacher that outputs the student's labels (one-hot) on the same split.
+    # A weak reference (few labels, hard modality) attenuates both alike, so the ratio is about
+    # the teacher, not the reference. Needs the student's labels on the saliency split.
+    normalise: bool = True
     # The modality-b net whose logits the teacher is scored against. "supervised": the no-KD
     # student itself (trained on the student's labelled split). "joint": Algorithm 1 step 1, a fresh
     # teacher-architecture f_a and student-architecture f_b trained together on the labelled pairs
@@ -93,7 +101,10 @@ class KDConfig:
     w_gt: float = 1.0
     w_kd: float = 1.0
     temperature: float = 1.0
-    reduction: Literal["batchmean", "mean_elements"] = "batchmean"
+    reduction: Literal["batchmean", "mean_elements"] = "batchmean"  # minimal runner (the kd method uses batchmean)
+    # auto: the `kd` method (methods/kd.py) where it applies (avdigits, teacher run folder), else
+    # the minimal loop of analysis/mfh_kd.py; see there
+    runner: Literal["auto", "method", "minimal"] = "auto"
 
 
 @dataclass
@@ -146,8 +157,12 @@ class DiagnoseResult:
     student_acc: float  # no-KD student, test split
     reference_acc: float  # the student-side reference net of Algorithm 1, test split (= student_acc when it is the no-KD student)
     kd_acc: float | None = None  # observed, when verify_kd
-    kd_gain: float | None = None  # kd_acc − student_acc (points)
+    kd_baseline_acc: float | None = None  # the no-KD student the KD student is compared with (same batches and init)
+    kd_gain: float | None = None  # kd_acc − kd_baseline_acc (points)
     agrees: bool | None = None  # the verdict matches the sign of the observed gain
+    kd_runner: str | None = None  # "methods.kd" or "minimal" (analysis/mfh_kd.py)
+    gamma_raw: float = 0.0  # γ̂ before dividing by the reference's ceiling
+    gamma_ceiling: float | None = None  # the explained share a label-perfect teacher would get (saliency.normalise)
     n_saliency: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     teacher_source: str = "trained"
@@ -310,15 +325,27 @@ def diagnose(config: DiagnoseConfig | dict | str | Path, *, out_dir: str | Path 
         res = _score(cfg, data, teacher, student, reference, seconds, source)
         if cfg.verify_kd:
             t = time.perf_counter()
-            from xmodal.analysis.mfh_kd import kd_student_accuracy
+            from xmodal.analysis.mfh_kd import kd_method_accuracy, kd_student_accuracy, uses_kd_method
 
-            res.kd_acc = kd_student_accuracy(cfg, data, teacher, out)
-            res.kd_gain = res.kd_acc - res.student_acc
+            run = _teacher_run(cfg, out)
+            if uses_kd_method(cfg, run):
+                (res.kd_acc, res.kd_baseline_acc), res.kd_runner = kd_method_accuracy(cfg, run, out), "methods.kd"
+            else:
+                res.kd_acc, res.kd_baseline_acc, res.kd_runner = kd_student_accuracy(cfg, data, teacher, out), res.student_acc, "minimal"
+            res.kd_gain = res.kd_acc - res.kd_baseline_acc
             res.agrees = (res.kd_gain > 0) == res.helps
             seconds["kd"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     res.seconds = {k: round(v, 3) for k, v in seconds.items()}
     return res
+
+
+def _teacher_run(cfg: DiagnoseConfig, out: Path) -> Path | None:
+    """The teacher as a `supervised` run folder (what the kd method loads), if it is one."""
+    if not cfg.teacher.checkpoint:
+        return out / "teacher"
+    p = Path(cfg.teacher.checkpoint)
+    return p if p.is_dir() else None
 
 
 def _raise_incomplete(cfg: DiagnoseConfig) -> None:
@@ -370,7 +397,7 @@ def _score(cfg: DiagnoseConfig, data: Any, teacher: Any, student: Any, reference
     split = _subset(split, sal.max_samples)
     model, place = teacher_place(teacher, sal)
     ta = _outputs(model, split, cfg.teacher.modality, data.collate)
-    sb = _outputs(reference, split, cfg.student.modality, data.collate)
+    sb = _outputs(reference, split, cfg.student.modality, data.collate, label_keys=(cfg.student.label_key,))
     if len(ta["logits"]) != len(sb["logits"]):
         raise DataError(f"saliency.split '{sal.split}': {len(ta['logits'])} teacher-side but {len(sb['logits'])} student-side samples; modalities must be paired")
     if place == "feature":
@@ -392,7 +419,12 @@ def _score(cfg: DiagnoseConfig, data: Any, teacher: Any, student: Any, reference
     student_acc = _acc(st["logits"], st[cfg.student.label_key])
     rt = st if reference is student.model else _outputs(reference, test, cfg.student.modality, data.collate, label_keys=(cfg.student.label_key,))
     reference_acc = _acc(rt["logits"], rt[cfg.student.label_key])
-    v = mfh.kd_verdict(res, threshold=cfg.threshold, teacher_acc=teacher_acc, student_acc=student_acc, mode=sal.gamma)
+    ceiling = None
+    if sal.normalise and cfg.student.label_key in sb:
+        onehot = torch.nn.functional.one_hot(sb[cfg.student.label_key], sb["logits"].shape[1]).float()
+        ceiling = mfh.explained_share(onehot, sb["logits"])
+    v = mfh.kd_verdict(res, threshold=cfg.threshold, teacher_acc=teacher_acc, student_acc=student_acc, mode=sal.gamma,
+                       ceiling=ceiling)
     return DiagnoseResult(
         name=cfg.name, teacher_modality=cfg.teacher.modality, student_modality=cfg.student.modality,
         gamma_hat=v.gamma_hat, helps=v.helps, threshold=v.threshold, verdict=v.text,
@@ -400,6 +432,7 @@ def _score(cfg: DiagnoseConfig, data: Any, teacher: Any, student: Any, reference
         teacher_acc=teacher_acc, teacher_acc_on_student_labels=teacher_on_student, student_acc=student_acc,
         reference_acc=reference_acc,
         n_saliency=len(feats), teacher_source=source, config=to_dict(cfg),
+        gamma_raw=mfh.estimate_gamma(res, sal.gamma), gamma_ceiling=ceiling,
     )  # fmt: skip
 
 
