@@ -105,6 +105,8 @@ class KDConfig:
     # auto: the `kd` method (methods/kd.py) where it applies (avdigits, teacher run folder), else
     # the minimal loop of analysis/mfh_kd.py; see there
     runner: Literal["auto", "method", "minimal"] = "auto"
+    # a "does not help" verdict agrees with an observed gain below this many points (seed noise)
+    agree_margin: float = 1.0
 
 
 @dataclass
@@ -159,7 +161,7 @@ class DiagnoseResult:
     kd_acc: float | None = None  # observed, when verify_kd
     kd_baseline_acc: float | None = None  # the no-KD student the KD student is compared with (same batches and init)
     kd_gain: float | None = None  # kd_acc − kd_baseline_acc (points)
-    agrees: bool | None = None  # the verdict matches the sign of the observed gain
+    agrees: bool | None = None  # helps: gain > kd.agree_margin; does not help: gain < kd.agree_margin
     kd_runner: str | None = None  # "methods.kd" or "minimal" (analysis/mfh_kd.py)
     gamma_raw: float = 0.0  # γ̂ before dividing by the reference's ceiling
     gamma_ceiling: float | None = None  # the explained share a label-perfect teacher would get (saliency.normalise)
@@ -333,7 +335,7 @@ def diagnose(config: DiagnoseConfig | dict | str | Path, *, out_dir: str | Path 
             else:
                 res.kd_acc, res.kd_baseline_acc, res.kd_runner = kd_student_accuracy(cfg, data, teacher, out), res.student_acc, "minimal"
             res.kd_gain = res.kd_acc - res.kd_baseline_acc
-            res.agrees = (res.kd_gain > 0) == res.helps
+            res.agrees = res.kd_gain > cfg.kd.agree_margin if res.helps else res.kd_gain < cfg.kd.agree_margin
             seconds["kd"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     res.seconds = {k: round(v, 3) for k, v in seconds.items()}

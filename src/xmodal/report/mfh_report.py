@@ -102,7 +102,7 @@ def write_diagnose_report(results: Sequence[dict], out: str | Path, *, labels: S
         if r.get("kd_gain") is not None:
             ok = "agrees" if r["agrees"] else "does NOT agree"
             lines += [f"Observed ({r.get('kd_runner')}): the KD student reached {r['kd_acc']:.1f} % vs {r['kd_baseline_acc']:.1f} % "
-                      f"without KD ({r['kd_gain']:+.1f} points); the verdict {ok} with the sign of the observed gain.", ""]
+                      f"without KD ({r['kd_gain']:+.1f} points); the verdict {ok} with the observed gain.", ""]
     lines += ["## Numbers", "",
               "| setting | γ̂ (raw / ceiling) | verdict | teacher acc (own labels) | teacher acc (student labels) | reference acc | student no-KD | student KD | KD gain | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|"]
