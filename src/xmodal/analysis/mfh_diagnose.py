@@ -34,7 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from xmodal.analysis import mfh
-from xmodal.config import OptimConfig, RunConfig, TrainConfig, config_from_data, load_config, registered, to_dict
+from xmodal.config import (
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_data,
+    load_config,
+    registered,
+    to_dict,
+)
 from xmodal.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
