@@ -302,11 +302,25 @@ def modality_general_saliency(
             joint_decisive += _dist(base[rows], base[None], distance).mean().item()
             if permutations == "composed":
                 sigma, tau = draw(repeats, b), draw(d, b)
+            closed = isinstance(head, nn.Linear) and distance == "mse" and x.ndim == 2
+            if closed:
+                # Linear head + MSE, exact and without logits: permuting channel i moves every
+                # logit row by δ_b·w_i (w_i = W[:, i]), so with r = head(x) − t,
+                # Σ_bc (r_bc + δ_b w_ci)² = Σ r² + 2 Σ_b δ_b (r_b·w_i) + |w_i|² Σ_b δ_b²
+                w = head.weight.double()
+                rw, wn, r2 = (base - t).double() @ w, w.square().sum(0), (base - t).double().square().sum()
             chunk = max(1, chunk_elems // (b * (x[0].numel() + base.shape[1] + _hidden_width(head))))
             for c in range(0, len(pairs), chunk):
                 ch = pairs[c : c + chunk]
                 # composed: perm[p][j] = σ_m[τ_i[j]] for pair p = (channel i, repeat m)
                 perms = sigma[reps[c : c + chunk]].gather(1, tau[ch]) if permutations == "composed" else draw(len(ch), b)
+                if closed:
+                    delta = (x[perms, ch[:, None]] - x[:, ch].T).double()  # [P, B]
+                    moved = wn[ch] * delta.square().sum(1)
+                    cells = b * base.shape[1]
+                    raw.index_add_(0, ch, (r2 + 2 * (delta * rw[:, ch].T).sum(1) + moved) / cells / repeats)
+                    decisive.index_add_(0, ch, moved / cells / repeats)
+                    continue
                 out = permuted_logits(head, x, ch, perms, base)
                 raw.index_add_(0, ch, _dist(out, t[None], distance).double() / repeats)
                 decisive.index_add_(0, ch, _dist(out, base[None], distance).double() / repeats)
