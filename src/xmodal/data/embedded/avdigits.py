@@ -476,13 +476,16 @@ class AVDigitsDataset(Dataset):
     """Clips as batch dicts: video float [C,T,H,W] in [0,1], audio float [S], fbank [frames, mel]
     (when computed), label, audio_label, uid."""
 
-    def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None):
+    def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None, *, image_frame: str = "none",
+                 columns: dict[str, torch.Tensor] | None = None):
         self.video = torch.from_numpy(data.video)  # uint8 until a sample is read (4x less memory)
         self.audio = torch.from_numpy(data.audio)
         self.label = torch.from_numpy(data.label)
         self.audio_label = torch.from_numpy(data.audio_label)
         self.fbank = fbank
         self.uid = data.uid
+        self.image_frame = image_frame  # "middle": also an "image" key (an image teacher's input)
+        self.columns = columns or {}  # further per-clip tensors (feature-store rows) -> batch keys
 
     def __len__(self) -> int:
         return len(self.uid)
@@ -503,6 +506,10 @@ class AVDigitsDataset(Dataset):
         }
         if self.fbank is not None:
             out["fbank"] = self.fbank[index]
+        if self.image_frame == "middle":
+            out["image"] = out["video"][:, :, out["video"].shape[2] // 2].contiguous()
+        for key, col in self.columns.items():
+            out[key] = col[index]
         if single:
             out = {k: v[0] for k, v in out.items()}
         return out
@@ -511,8 +518,13 @@ class AVDigitsDataset(Dataset):
 @dataclass
 class AVDigitsDataConfig(AVDigitsConfig):
     name: str = "avdigits"
-    train_split: Literal["train", "pool"] = "train"  # pool: e.g. teachers trained on their own modality
+    # pool: e.g. teachers trained on their own modality; train+pool: each batch pairs labelled
+    # clips with unlabelled pool clips (label -1), the cross-modal KD setting (data/kd_pool.py)
+    train_split: Literal["train", "pool", "train+pool"] = "train"
     fbank_bins: int = 64  # Kaldi log-mel bins of the "fbank" key; 0 = no fbank key
+    image_frame: Literal["none", "middle"] = "none"  # middle: an "image" key [3, H, W] (middle frame)
+    features: dict[str, str] = field(default_factory=dict)  # batch key -> FeatureStore (teacher cache)
+    missing_features: Literal["error", "zeros"] = "error"
 
 
 def avdigits_fbank(audio: np.ndarray, bins: int, stats_rows: np.ndarray) -> torch.Tensor:
@@ -545,13 +557,24 @@ def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
     )  # fmt: skip
 
     def part(split: str) -> AVDigitsDataset:
+        from xmodal.data.sequences import feature_columns
+
         idx = np.flatnonzero(data.split == split)
-        return AVDigitsDataset(data.subset(split), fbank[torch.from_numpy(idx)] if fbank is not None else None)
+        sub = data.subset(split)
+        return AVDigitsDataset(sub, fbank[torch.from_numpy(idx)] if fbank is not None else None,
+                               image_frame=cfg.image_frame,
+                               columns=feature_columns(sub.uid, cfg.features, cfg.missing_features))
 
     pool = part("pool")
+    if cfg.train_split == "train+pool":
+        from xmodal.data.kd_pool import LabelledPoolDataset
+
+        train = LabelledPoolDataset(part("train"), pool, seed=cfg.seed)
+    else:
+        train = part(cfg.train_split)
     return DataBundle(
-        train=part(cfg.train_split),
+        train=train,
         test=part("test"),
         info=info,
-        extra={"pool": pool} if len(pool) else {},
+        extra={"pool": pool, "labelled": part("train")} if len(pool) else {"labelled": part("train")},
     )

@@ -1,0 +1,136 @@
+"""KD method: labelled + pool batches, cached teachers, and the embedded result of
+EMBEDDED-DATA.md ("Distillation"): with few labels and an unlabelled paired pool, KD from an
+audio teacher beats the no-KD baseline by a clear margin at gap 0, and stops helping when 80 % of
+the clips speak a fixed wrong class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from xmodal.config import load_config
+from xmodal.data.embedded.avdigits import AVDigitsDataConfig, avdigits_data
+from xmodal.data.kd_pool import LabelledPoolDataset
+from xmodal.errors import ConfigError
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+SEEDS = (0, 1)
+
+
+def _tiny_bundle(**kw):
+    cfg = AVDigitsDataConfig(num_classes=3, n_train_per_class=2, n_pool=10, n_test_per_class=2, frames=4,
+                             size=16, fbank_bins=16, **kw)
+    return avdigits_data(cfg)
+
+
+def test_labelled_pool_batches_pair_hidden_pool_labels_with_labelled_clips():
+    b = _tiny_bundle(train_split="train+pool")
+    ds = b.train
+    assert isinstance(ds, LabelledPoolDataset) and len(ds) == 10
+    batch = ds.__getitems__([0, 1, 2, 3])
+    assert batch["video"].shape[0] == 8 and len(batch["uid"]) == 8
+    assert batch["labelled"].tolist() == [False] * 4 + [True] * 4
+    assert (batch["label"][:4] == -1).all() and (batch["audio_label"][:4] == -1).all()
+    assert (batch["label"][4:] >= 0).all()
+    assert all(u.startswith("pool-") for u in batch["uid"][:4]) and all(u.startswith("train-") for u in batch["uid"][4:])
+    # one epoch visits every labelled clip before repeating one (6 labelled clips, 10 pool clips)
+    lab = ds.__getitems__(list(range(10)))["uid"][10:]
+    assert len(set(lab[:6])) == 6
+    ds.set_epoch(1)
+    assert ds.__getitems__(list(range(10)))["uid"][10:] != lab
+
+
+def _kd_method(**kw):
+    from xmodal.methods.kd import KD, KDConfig
+    from xmodal.registry import MODELS
+
+    b = _tiny_bundle(train_split="train+pool")
+    student = MODELS.entry("tiny_video").config(num_classes=0, widths=(4, 8))
+    return KD(KDConfig(student=student, **kw), b.info), b
+
+
+def test_kd_reads_cached_teacher_keys_and_masks_ce_to_labelled_rows():
+    from xmodal.methods._distill import TeacherConfig
+
+    torch.manual_seed(0)
+    method, b = _kd_method(teacher=TeacherConfig(key="teacher"))
+    batch = b.train.__getitems__([0, 1, 2])
+    with pytest.raises(ConfigError, match="teacher"):
+        method.training_step(batch)
+    batch["teacher.logits"] = torch.randn(6, 3)
+    out = method.training_step(batch)
+    assert {"ce", "kd"} <= set(out.terms) and torch.isfinite(out.total)
+    assert method.teacher_forwards == 0
+    # CE sees only labelled rows (the pool rows' -1 labels never reach it)
+    logits = method.student(batch["video"]).logits  # train-mode BN: the same batch gives the same logits
+    ce = torch.nn.functional.cross_entropy(logits[3:], batch["label"][3:])
+    assert torch.allclose(out.terms["ce"], ce, atol=1e-5)
+
+
+def test_kd_student_weights_exclude_the_teacher(tmp_path):
+    method, _ = _kd_method()
+    assert all(k.startswith("student.") for k in method.state_dict())
+
+
+# ------------------------------------------------------------------------- embedded learning
+@pytest.fixture(scope="module")
+def kd_runs(tmp_path_factory):
+    """Teacher trained once, its cache written once per gap; student runs memoised per
+    (recipe, gap, seed) with the teacher network patched to fail if it were ever run."""
+    from xmodal.commands.distill import write_teacher_cache
+    from xmodal.engine.trainer import train
+    from xmodal.methods.kd import run_kd
+    from xmodal.models.tiny_audio import TinyAudio
+    from xmodal.registry import DATASETS
+
+    root = tmp_path_factory.mktemp("kd")
+    teacher = root / "teacher"
+    tres = train(load_config(RECIPES / "supervised" / "avdigits-audio-teacher.yaml"), out_dir=teacher)
+    assert tres.metrics["test"]["top1"] > 60, tres.metrics  # unseen voices; chance 10 %
+    bundles, results = {}, {}
+
+    def bundle(gap: float):
+        if gap not in bundles:
+            cache = root / f"cache-{gap}.safetensors"
+            over = [f"data.gap={gap}"]
+            write_teacher_cache(teacher, cache, data_recipe=str(RECIPES / "kd" / "avdigits-audio.yaml"), overrides=over)
+            cfg = load_config(RECIPES / "kd" / "avdigits-audio.yaml", [*over, f"data.features.teacher={cache}"])
+            bundles[gap] = DATASETS.build(cfg.data)
+        return bundles[gap]
+
+    def run(recipe: str, gap: float, seed: int) -> float:
+        key = (recipe, gap, seed)
+        if key not in results:
+            data = bundle(gap)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(TinyAudio, "forward", lambda *a, **k: pytest.fail("teacher forward with a cache"))
+                res = run_kd(RECIPES / "kd" / recipe, [f"data.gap={gap}", f"train.seed={seed}",
+                             f"method.teacher.run={teacher}", f"train.out_dir={root / 'runs'}",
+                             f"data.features.teacher={root / f'cache-{gap}.safetensors'}"], data=data)
+            assert res.method.teacher_forwards == 0
+            results[key] = res.acc
+        return results[key]
+
+    run.teacher = teacher
+    run.bundle = bundle
+    run.results = results
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kd_beats_baseline_at_gap_0(kd_runs, seed):
+    base = kd_runs("avdigits-baseline.yaml", 0.0, seed)
+    kd = kd_runs("avdigits-audio.yaml", 0.0, seed)
+    assert kd > base + 15, (kd, base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kd_no_longer_helps_with_fixed_wrong_class_gap(kd_runs, seed):
+    base = kd_runs("avdigits-baseline.yaml", 0.0, seed)  # the videos are the same at every gap
+    kd_gap = kd_runs("avdigits-audio.yaml", 0.8, seed)
+    assert kd_gap < base + 5, (kd_gap, base)
+    assert kd_gap < kd_runs("avdigits-audio.yaml", 0.0, seed) - 15
