@@ -175,11 +175,14 @@ class WindowedStudent:
         xw = windowed(x, self.cfg.clip_frames, self.cfg.eval_windows) if x.dim() == 5 else x
         out = self.student_out(xw)
         w = xw.shape[0] // n
-        return {
+        res = {
             "logits": out.logits.float().reshape(n, w, -1),
             "feature": F.normalize(out.feature.float().reshape(n, w, -1), dim=-1).mean(1),
             "label": batch[self.cfg.label_key],
         }
+        if "group" in batch:  # a store's eval items are windows of a video: pooled in eval_metrics
+            res["group"] = [str(g) for g in batch["group"]]
+        return res
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self.eval_step(batch)["logits"].softmax(-1).mean(1)
@@ -188,4 +191,15 @@ class WindowedStudent:
         return {"video": self.eval_step(batch)["feature"]}
 
     def eval_metrics(self, outputs: dict) -> dict[str, float]:
-        return video_level_metrics(outputs["logits"], outputs["label"])
+        logits, label = outputs["logits"], outputs["label"]
+        if "group" not in outputs:
+            return video_level_metrics(logits, label)
+        # windows of one video arrive as separate items (store data, `clip.window_mode: cover`)
+        from xmodal.eval.aggregate import aggregate_outputs
+        from xmodal.eval.metrics import mean_class_accuracy
+
+        items = logits.float().softmax(-1).mean(1)  # [N, C] per item
+        v = aggregate_outputs(outputs["group"], items.log(), label, how="mean_softmax")
+        return {"acc": (v.scores.argmax(1) == v.labels).double().mean().item() * 100.0,
+                "clip_acc": (logits.argmax(-1) == label[:, None]).double().mean().item() * 100.0,
+                "mean_class_acc": mean_class_accuracy(v.scores, v.labels), "videos": float(len(v.groups))}
