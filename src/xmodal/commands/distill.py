@@ -117,7 +117,7 @@ def write_teacher_cache(target: str | Path, out: str | Path, *, data_recipe: str
     from xmodal.data.kd_pool import LabelledPoolDataset, fetch
     from xmodal.engine.runs import resolve_config_path
     from xmodal.errors import ConfigError
-    from xmodal.methods._distill import TeacherConfig, load_teacher, select_frame
+    from xmodal.methods._distill import TeacherConfig, load_teacher, resize_frame, select_frame
     from xmodal.registry import DATASETS
 
     target = Path(target)
@@ -154,7 +154,7 @@ def write_teacher_cache(target: str | Path, out: str | Path, *, data_recipe: str
                 if input_key not in b:
                     raise ConfigError(f"teacher input key '{input_key}' is not in the data's batches; keys: {sorted(b)}")
                 x = b[input_key][keep]
-                o = model(select_frame(x, "middle", False) if frame != "none" else x)
+                o = model(resize_frame(select_frame(x, "middle", False), tcfg.image_size) if frame != "none" else x)
                 uids += [str(b["uid"][i]) for i in keep]
                 seen.update(uids[-len(keep):])
                 logits.append(o.logits.float())

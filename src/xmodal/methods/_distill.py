@@ -32,6 +32,7 @@ class TeacherConfig:
     # image teacher on a video key: one frame per step (CCL: random index, same for the batch)
     frame: Literal["none", "random", "middle"] = "none"
     key: str = "teacher"  # cached batch keys: <key>.logits, <key>.feature
+    image_size: int = 0  # resize the selected frame to this side (bilinear, H and W only; 0 = off)
 
 
 class TeacherOut(NamedTuple):
@@ -95,10 +96,18 @@ def teacher_outputs(batch: dict, cfg: TeacherConfig, model: nn.Module | None, in
         raise ConfigError(f"method.teacher.input_key: batch has no key '{input_key}'; keys: {sorted(batch)}")
     x = batch[input_key]
     if cfg.frame != "none":
-        x = select_frame(x, cfg.frame, training)
+        x = resize_frame(select_frame(x, cfg.frame, training), cfg.image_size)
     with torch.no_grad():
         out = model(x)
     return TeacherOut(out.logits, out.feature, False)
+
+
+def resize_frame(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[B,C,H,W] -> [B,C,size,size] bilinear (spec §8 defect 3: a 2-D resize of the frame, never of
+    time); unchanged when size is 0 or already right."""
+    if not size or x.dim() != 4 or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------ windows
