@@ -103,3 +103,15 @@ def test_ccl_audio_beats_baseline_at_gap_0(distill_runs, seed):
     base = distill_runs("kd/avdigits-baseline.yaml", 0.0, seed)  # CE only, same student and batches
     ccl = distill_runs("ccl/avdigits-audio.yaml", 0.0, seed)
     assert ccl > base + 15, (ccl, base)
+
+
+RECIPE_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.relative_to(RECIPE_DIR).as_posix() for d in ("ccl", "kd")
+                                          for p in (RECIPE_DIR / d).glob("*.yaml") if p.name != "avdigits-data.yaml"))
+def test_recipes_load(recipe):
+    from xmodal.config import load_config
+
+    cfg = load_config(RECIPE_DIR / recipe)
+    assert cfg.method.name in ("ccl", "kd")
