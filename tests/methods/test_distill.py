@@ -54,3 +54,12 @@ def test_video_retrieval_on_a_tiny_student():
                          clip_frames=2), b.info)
     r = video_retrieval(method, b.test, b.train)
     assert r["retrieval_R@1"] <= r["retrieval_R@5"] <= r["retrieval_R@10"] == 100.0  # 12 gallery items, 3 classes
+
+
+def test_store_windows_are_pooled_per_video_group():
+    from xmodal.methods._distill import WindowedStudent
+
+    # 3 items (windows) of video "a" and 1 of "b"; each item is one window of its own
+    logits = torch.tensor([[[0.0, 1.0]], [[0.0, 1.0]], [[10.0, 0.0]], [[0.0, 3.0]]])
+    out = WindowedStudent().eval_metrics({"logits": logits, "label": torch.tensor([0, 0, 0, 1]), "group": ["a", "a", "a", "b"]})
+    assert out["videos"] == 2 and out["acc"] == 100.0 and out["clip_acc"] == 50.0
