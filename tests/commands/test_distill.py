@@ -69,3 +69,20 @@ def test_cached_student_training_never_runs_the_teacher(teacher_run, tmp_path, m
     recipe["data"]["features"] = {"teacher": str(cache)}
     cached = train(config_from_data(recipe), out_dir=tmp_path / "cached")
     assert cached.method.teacher_forwards == 0 and calls == []
+
+
+def test_teacher_npy_collects_precomputed_features_with_zero_rows_for_missing(tmp_path):
+    import numpy as np
+
+    from xmodal.data.manifest import ManifestRow, write_manifest
+
+    np.save(tmp_path / "a.npy", np.arange(4, dtype=np.float32))
+    np.save(tmp_path / "b.npy", np.ones((3, 4), np.float32) * 2)  # (T, D): averaged over T
+    rows = [ManifestRow(uid=u, split="train", labels=[0], video=f"{u}.mp4", meta={"audio_feature": str(tmp_path / f"{u}.npy")})
+            for u in ("a", "b", "c")]
+    manifest = write_manifest(rows, tmp_path / "manifest.jsonl")
+    out = tmp_path / "panns.safetensors"
+    assert main(["teacher-npy", str(manifest), "--out", str(out)]) == 0
+    store = FeatureStore(out)
+    f = store.get_many(["a", "b", "c"])["feature"]
+    torch.testing.assert_close(f, torch.tensor([[0.0, 1, 2, 3], [2, 2, 2, 2], [0, 0, 0, 0]]))

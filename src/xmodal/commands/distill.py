@@ -39,6 +39,50 @@ def add_commands(sub, common) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_teacher_cache)
 
+    n = sub.add_parser("teacher-npy", parents=[common], help="precomputed per-video teacher .npy features -> a teacher cache",
+                       description="Collect the .npy file named by each manifest row's meta `audio_feature` (the CCL "
+                       "importer's --audio-root; PANNs 512-d embeddings) into one feature store (tensor 'feature'). "
+                       "A missing file gives a zero row: CCL's 'no audio' marker (spec §2, §4.5).")
+    n.add_argument("manifest", help="manifest.jsonl of `xmodal import ccl ... --audio-root`")
+    n.add_argument("--out", required=True, help="feature store to write (.safetensors)")
+    n.add_argument("--meta-key", default="audio_feature", help="row meta key holding the .npy path")
+    n.set_defaults(func=cmd_teacher_npy)
+
+
+def cmd_teacher_npy(args: argparse.Namespace) -> int:
+    print(json.dumps(npy_teacher_cache(args.manifest, args.out, meta_key=args.meta_key), indent=2))
+    return 0
+
+
+def npy_teacher_cache(manifest: str | Path, out: str | Path, *, meta_key: str = "audio_feature") -> dict:
+    """One row per manifest uid: the clip-level vector of its .npy (a (T, D) array is averaged
+    over T; the reference draws one random row per sample instead), zeros where the file is missing."""
+    import numpy as np
+    import torch
+
+    from xmodal.data.features import FeatureStore
+    from xmodal.data.manifest import read_manifest
+    from xmodal.errors import DataError
+
+    rows = read_manifest(Path(manifest))
+    vecs: list = []
+    missing = 0
+    for r in rows:
+        path = (r.meta or {}).get(meta_key)
+        if path and Path(path).is_file():
+            a = np.load(path).astype(np.float32)
+            vecs.append(a.reshape(-1, a.shape[-1]).mean(0) if a.ndim > 1 else a)
+        else:
+            vecs.append(None)
+            missing += 1
+    dims = {v.shape[0] for v in vecs if v is not None}
+    if len(dims) != 1:
+        raise DataError(f"{manifest}: expected .npy features of one size under meta '{meta_key}', found sizes {sorted(dims)}")
+    d = dims.pop()
+    feat = torch.from_numpy(np.stack([v if v is not None else np.zeros(d, np.float32) for v in vecs]))
+    path = FeatureStore.write(out, [r.uid for r in rows], {"feature": feat}, {"source": str(manifest), "meta_key": meta_key})
+    return {"out": str(path), "count": len(rows), "missing": missing, "dim": d}
+
 
 def cmd_teacher_cache(args: argparse.Namespace) -> int:
     res = write_teacher_cache(args.target, args.out, data_recipe=args.data, teacher=args.teacher,
@@ -73,7 +117,7 @@ def write_teacher_cache(target: str | Path, out: str | Path, *, data_recipe: str
     from xmodal.data.kd_pool import LabelledPoolDataset, fetch
     from xmodal.engine.runs import resolve_config_path
     from xmodal.errors import ConfigError
-    from xmodal.methods._distill import TeacherConfig, load_teacher, select_frame
+    from xmodal.methods._distill import TeacherConfig, load_teacher, resize_frame, select_frame
     from xmodal.registry import DATASETS
 
     target = Path(target)
@@ -110,7 +154,7 @@ def write_teacher_cache(target: str | Path, out: str | Path, *, data_recipe: str
                 if input_key not in b:
                     raise ConfigError(f"teacher input key '{input_key}' is not in the data's batches; keys: {sorted(b)}")
                 x = b[input_key][keep]
-                o = model(select_frame(x, "middle", False) if frame != "none" else x)
+                o = model(resize_frame(select_frame(x, "middle", False), tcfg.image_size) if frame != "none" else x)
                 uids += [str(b["uid"][i]) for i in keep]
                 seen.update(uids[-len(keep):])
                 logits.append(o.logits.float())

@@ -32,6 +32,7 @@ class TeacherConfig:
     # image teacher on a video key: one frame per step (CCL: random index, same for the batch)
     frame: Literal["none", "random", "middle"] = "none"
     key: str = "teacher"  # cached batch keys: <key>.logits, <key>.feature
+    image_size: int = 0  # resize the selected frame to this side (bilinear, H and W only; 0 = off)
 
 
 class TeacherOut(NamedTuple):
@@ -95,10 +96,18 @@ def teacher_outputs(batch: dict, cfg: TeacherConfig, model: nn.Module | None, in
         raise ConfigError(f"method.teacher.input_key: batch has no key '{input_key}'; keys: {sorted(batch)}")
     x = batch[input_key]
     if cfg.frame != "none":
-        x = select_frame(x, cfg.frame, training)
+        x = resize_frame(select_frame(x, cfg.frame, training), cfg.image_size)
     with torch.no_grad():
         out = model(x)
     return TeacherOut(out.logits, out.feature, False)
+
+
+def resize_frame(x: torch.Tensor, size: int) -> torch.Tensor:
+    """[B,C,H,W] -> [B,C,size,size] bilinear (spec §8 defect 3: a 2-D resize of the frame, never of
+    time); unchanged when size is 0 or already right."""
+    if not size or x.dim() != 4 or tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 # ------------------------------------------------------------------------------------ windows
@@ -175,11 +184,14 @@ class WindowedStudent:
         xw = windowed(x, self.cfg.clip_frames, self.cfg.eval_windows) if x.dim() == 5 else x
         out = self.student_out(xw)
         w = xw.shape[0] // n
-        return {
+        res = {
             "logits": out.logits.float().reshape(n, w, -1),
             "feature": F.normalize(out.feature.float().reshape(n, w, -1), dim=-1).mean(1),
             "label": batch[self.cfg.label_key],
         }
+        if "group" in batch:  # a store's eval items are windows of a video: pooled in eval_metrics
+            res["group"] = [str(g) for g in batch["group"]]
+        return res
 
     def predict(self, batch: dict) -> torch.Tensor:
         return self.eval_step(batch)["logits"].softmax(-1).mean(1)
@@ -188,4 +200,15 @@ class WindowedStudent:
         return {"video": self.eval_step(batch)["feature"]}
 
     def eval_metrics(self, outputs: dict) -> dict[str, float]:
-        return video_level_metrics(outputs["logits"], outputs["label"])
+        logits, label = outputs["logits"], outputs["label"]
+        if "group" not in outputs:
+            return video_level_metrics(logits, label)
+        # windows of one video arrive as separate items (store data, `clip.window_mode: cover`)
+        from xmodal.eval.aggregate import aggregate_outputs
+        from xmodal.eval.metrics import mean_class_accuracy
+
+        items = logits.float().softmax(-1).mean(1)  # [N, C] per item
+        v = aggregate_outputs(outputs["group"], items.log(), label, how="mean_softmax")
+        return {"acc": (v.scores.argmax(1) == v.labels).double().mean().item() * 100.0,
+                "clip_acc": (logits.argmax(-1) == label[:, None]).double().mean().item() * 100.0,
+                "mean_class_acc": mean_class_accuracy(v.scores, v.labels), "videos": float(len(v.groups))}

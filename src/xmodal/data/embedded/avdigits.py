@@ -477,7 +477,7 @@ class AVDigitsDataset(Dataset):
     (when computed), label, audio_label, uid."""
 
     def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None, *, image_frame: str = "none",
-                 columns: dict[str, torch.Tensor] | None = None):
+                 columns: dict[str, torch.Tensor] | None = None, image_size: int = 0):
         self.video = torch.from_numpy(data.video)  # uint8 until a sample is read (4x less memory)
         self.audio = torch.from_numpy(data.audio)
         self.label = torch.from_numpy(data.label)
@@ -485,6 +485,7 @@ class AVDigitsDataset(Dataset):
         self.fbank = fbank
         self.uid = data.uid
         self.image_frame = image_frame  # "middle": also an "image" key (an image teacher's input)
+        self.image_size = image_size  # 0 = the frame's own size
         self.columns = columns or {}  # further per-clip tensors (feature-store rows) -> batch keys
 
     def __len__(self) -> int:
@@ -507,7 +508,10 @@ class AVDigitsDataset(Dataset):
         if self.fbank is not None:
             out["fbank"] = self.fbank[index]
         if self.image_frame == "middle":
-            out["image"] = out["video"][:, :, out["video"].shape[2] // 2].contiguous()
+            img = out["video"][:, :, out["video"].shape[2] // 2].contiguous()
+            if self.image_size and self.image_size != img.shape[-1]:  # bilinear, H and W only
+                img = torch.nn.functional.interpolate(img, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+            out["image"] = img
         for key, col in self.columns.items():
             out[key] = col[index]
         if single:
@@ -523,6 +527,7 @@ class AVDigitsDataConfig(AVDigitsConfig):
     train_split: Literal["train", "pool", "train+pool"] = "train"
     fbank_bins: int = 64  # Kaldi log-mel bins of the "fbank" key; 0 = no fbank key
     image_frame: Literal["none", "middle"] = "none"  # middle: an "image" key [3, H, W] (middle frame)
+    image_size: int = 0  # "image" side (bilinear upscale; 0 = the frame size): ImageNet-style stems need > 32 px
     features: dict[str, str] = field(default_factory=dict)  # batch key -> FeatureStore (teacher cache)
     missing_features: Literal["error", "zeros"] = "error"
 
@@ -562,7 +567,7 @@ def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
         idx = np.flatnonzero(data.split == split)
         sub = data.subset(split)
         return AVDigitsDataset(sub, fbank[torch.from_numpy(idx)] if fbank is not None else None,
-                               image_frame=cfg.image_frame,
+                               image_frame=cfg.image_frame, image_size=cfg.image_size,
                                columns=feature_columns(sub.uid, cfg.features, cfg.missing_features))
 
     pool = part("pool")
