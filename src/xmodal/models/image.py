@@ -22,7 +22,6 @@ from xmodal.registry import register_model
 
 RESNET_WIDTHS = (64, 128, 256, 512)
 TINY_WIDTHS = (8, 16, 32, 64)
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as the other grey paths (methods/_clipviews.py)
 
 
 class BasicBlock(nn.Module):
@@ -52,30 +51,23 @@ class ResNet(nn.Module):
     ``num_classes=0`` drops ``fc`` (feature extractor: ``logits`` is None). Input [B, C, H, W];
     ``feature`` is the global-average-pooled last map ([B, widths[-1]]).
 
-    Options for small frames (both off = torchvision's network): ``small_input`` makes the stem a
-    3x3 stride-1 conv without max-pool (the CIFAR-style stem: the ImageNet stem divides the side
-    by 4 and leaves ~4 px of a 16 px digit on a 32 px frame); ``grayscale`` maps an RGB input to
-    its luma before ``conv1`` (which then has one input channel), for data whose colours are
-    random nuisances (avdigits). Parameter names stay torchvision's either way.
+    ``small_input`` (off = torchvision's network) makes the stem a 3x3 stride-1 conv without
+    max-pool, the CIFAR-style stem for small frames: the ImageNet stem divides the side by 4 and
+    leaves ~4 px of a 16 px digit on a 32 px frame. Parameter names stay torchvision's.
     """
 
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = RESNET_WIDTHS,
-                 in_channels: int = 3, num_classes: int = 1000, small_input: bool = False,
-                 grayscale: bool = False):
+                 in_channels: int = 3, num_classes: int = 1000, small_input: bool = False):
         super().__init__()
         if len(layers) != 4 or len(widths) != 4 or min(layers) < 1 or min(widths) < 1:
             raise ConfigError(f"ResNet: layers and widths need 4 positive entries, got layers={tuple(layers)} "
                               f"widths={tuple(widths)}")
-        if grayscale and in_channels != 3:
-            raise ConfigError(f"ResNet: grayscale expects RGB input (in_channels 3), got in_channels={in_channels}")
         self.feature_dim = widths[-1]
-        self.grayscale = grayscale
-        cin = 1 if grayscale else in_channels
         if small_input:
-            self.conv1 = nn.Conv2d(cin, widths[0], 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
             self.maxpool = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(cin, widths[0], 7, 2, 3, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
@@ -97,8 +89,6 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_map(self, x: Tensor) -> Tensor:
-        if self.grayscale:
-            x = (x * x.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -111,19 +101,19 @@ class ResNet(nn.Module):
 
 @register_model("resnet18")
 def resnet18(num_classes: int = 1000, in_channels: int = 3,
-             widths: tuple[int, int, int, int] = RESNET_WIDTHS, small_input: bool = False,
-             grayscale: bool = False) -> ResNet:
+             widths: tuple[int, int, int, int] = RESNET_WIDTHS,
+             small_input: bool = False) -> ResNet:
     """ResNet-18 (11.69 M params with the 1000-way fc); ``num_classes=0`` = feature extractor."""
-    return ResNet((2, 2, 2, 2), widths, in_channels, num_classes, small_input, grayscale)
+    return ResNet((2, 2, 2, 2), widths, in_channels, num_classes, small_input)
 
 
 @register_model("resnet34")
 def resnet34(num_classes: int = 1000, in_channels: int = 3,
-             widths: tuple[int, int, int, int] = RESNET_WIDTHS, small_input: bool = False,
-             grayscale: bool = False) -> ResNet:
+             widths: tuple[int, int, int, int] = RESNET_WIDTHS,
+             small_input: bool = False) -> ResNet:
     """ResNet-34 (21.80 M params with the 1000-way fc); the CCL image teacher uses
     ``num_classes=0`` (512-d GAP feature). Tiny test config: ``widths=(8, 16, 32, 64)``."""
-    return ResNet((3, 4, 6, 3), widths, in_channels, num_classes, small_input, grayscale)
+    return ResNet((3, 4, 6, 3), widths, in_channels, num_classes, small_input)
 
 
 def imagenet_normalize(x: Tensor) -> Tensor:
