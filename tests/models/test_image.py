@@ -49,6 +49,16 @@ def test_resnet18_key_table_and_published_size():
     assert count_params(model) == 11_689_512
 
 
+def test_small_input_stem_keeps_names_and_resolution():
+    with torch.device("meta"):
+        model = resnet18(num_classes=0, widths=TINY, small_input=True)
+        out = model(torch.empty(2, 3, 32, 32), return_map=True)
+    table = _torchvision_resnet_table((2, 2, 2, 2), widths=TINY, fc=0)
+    table[0] = ("conv1.weight", (TINY[0], 3, 3, 3))  # 3x3 stride-1 stem: same names, smaller kernel
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == table
+    assert out.fmap.shape == (2, 64, 4, 4)  # 32 px / 8 (3 strided stages), not / 32
+
+
 def test_shapes_at_published_input_size():
     with torch.device("meta"):
         out = resnet34(num_classes=0)(torch.empty(2, 3, 112, 112), return_map=True)

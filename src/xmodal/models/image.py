@@ -50,19 +50,27 @@ class ResNet(nn.Module):
 
     ``num_classes=0`` drops ``fc`` (feature extractor: ``logits`` is None). Input [B, C, H, W];
     ``feature`` is the global-average-pooled last map ([B, widths[-1]]).
+
+    ``small_input`` (off = torchvision's network) makes the stem a 3x3 stride-1 conv without
+    max-pool, the CIFAR-style stem for small frames: the ImageNet stem divides the side by 4 and
+    leaves ~4 px of a 16 px digit on a 32 px frame. Parameter names stay torchvision's.
     """
 
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = RESNET_WIDTHS,
-                 in_channels: int = 3, num_classes: int = 1000):
+                 in_channels: int = 3, num_classes: int = 1000, small_input: bool = False):
         super().__init__()
         if len(layers) != 4 or len(widths) != 4 or min(layers) < 1 or min(widths) < 1:
             raise ConfigError(f"ResNet: layers and widths need 4 positive entries, got layers={tuple(layers)} "
                               f"widths={tuple(widths)}")
         self.feature_dim = widths[-1]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        if small_input:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = widths[0]
         for i, (n, w) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
@@ -93,17 +101,19 @@ class ResNet(nn.Module):
 
 @register_model("resnet18")
 def resnet18(num_classes: int = 1000, in_channels: int = 3,
-             widths: tuple[int, int, int, int] = RESNET_WIDTHS) -> ResNet:
+             widths: tuple[int, int, int, int] = RESNET_WIDTHS,
+             small_input: bool = False) -> ResNet:
     """ResNet-18 (11.69 M params with the 1000-way fc); ``num_classes=0`` = feature extractor."""
-    return ResNet((2, 2, 2, 2), widths, in_channels, num_classes)
+    return ResNet((2, 2, 2, 2), widths, in_channels, num_classes, small_input)
 
 
 @register_model("resnet34")
 def resnet34(num_classes: int = 1000, in_channels: int = 3,
-             widths: tuple[int, int, int, int] = RESNET_WIDTHS) -> ResNet:
+             widths: tuple[int, int, int, int] = RESNET_WIDTHS,
+             small_input: bool = False) -> ResNet:
     """ResNet-34 (21.80 M params with the 1000-way fc); the CCL image teacher uses
     ``num_classes=0`` (512-d GAP feature). Tiny test config: ``widths=(8, 16, 32, 64)``."""
-    return ResNet((3, 4, 6, 3), widths, in_channels, num_classes)
+    return ResNet((3, 4, 6, 3), widths, in_channels, num_classes, small_input)
 
 
 def imagenet_normalize(x: Tensor) -> Tensor:
