@@ -15,7 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xmodal.demo.core import Bars, Claim, StageContext, StageResult, recipe_glob, recipe_path, register_stage, skipped
+from xmodal.demo.core import (
+    Bars,
+    Claim,
+    StageContext,
+    StageResult,
+    recipe_glob,
+    recipe_path,
+    register_stage,
+    skipped,
+)
 from xmodal.demo.stages._recipes import get, raw_recipe
 
 KD_MARGIN = 5.0  # points over the no-KD baseline (EMBEDDED-DATA.md: +30 at gap 0)
