@@ -206,13 +206,14 @@ class StageContext:
         return stdout
 
     def train(self, label: str, recipe: str | Path, *sets: str, total: int | None = None) -> dict:
-        """`xmodal train RECIPE --out DIR/label --set ...`; a finished run (final.json) is reused."""
+        """`xmodal train RECIPE --out DIR/label --set ...`; a finished run (final.json) is reused and
+        an interrupted one resumed (`--resume auto`: from its newest checkpoint, if any)."""
         run = self.dir / label
         final = run / "final.json"
         if not final.is_file():
-            if run.exists():
-                shutil.rmtree(run)  # an unfinished run of an earlier attempt: start it clean
             args = ["train", str(recipe), "--out", str(run), "--set", "train.tensorboard=false", "--set", "train.progress=false"]
+            if run.exists():  # an interrupted run of the same settings: continue from its last checkpoint
+                args += ["--resume", "auto"]
             for s in sets:
                 args += ["--set", s]
             self.xmodal(label, *args, watch=run, total=total)
