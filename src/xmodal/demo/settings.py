@@ -13,17 +13,19 @@ from typing import Any
 
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "media": {  # avdigits mp4 files -> xmodal prep store
-        "full": {"n_train_per_class": 5, "n_pool": 300, "n_test_per_class": 20, "workers": 2},
+        "full": {"n_train_per_class": 5, "n_pool": 200, "n_test_per_class": 20, "workers": 2},
         "quick": {"n_train_per_class": 2, "n_pool": 60, "n_test_per_class": 8, "workers": 2},
     },
+    # 150 steps gave a->v R@1 22 % (chance 10), too close to the claim's margin; 300 steps 46 %
     "gdt": {  # recipes/gdt/avdigits.yaml + retrieval + linear probe (trained vs random encoder)
         "full": {"recipe": "recipes/gdt/avdigits.yaml", "max_steps": 300, "n_pool": 3000},
-        "quick": {"recipe": "recipes/gdt/avdigits.yaml", "max_steps": 150, "n_pool": 1500},
+        "quick": {"recipe": "recipes/gdt/avdigits.yaml", "max_steps": 200, "n_pool": 1500},
     },
     "textkd": {  # corpus -> MLM -> text teacher -> stored predictions -> students with / without KD
         "full": {"corpus_lines": 4000, "mlm_steps": 300, "teacher_epochs": 10, "student_epochs": 10,
                  "num_sequences": 400, "seeds": [0]},
-        "quick": {"corpus_lines": 2000, "mlm_steps": 150, "teacher_epochs": 6, "student_epochs": 10,
+        # quick keeps the documented setting: a weaker teacher makes the KD margin unreliable
+        "quick": {"corpus_lines": 4000, "mlm_steps": 300, "teacher_epochs": 10, "student_epochs": 10,
                   "num_sequences": 400, "seeds": [0]},
     },
     "cavmae": {  # pretrain -> retrieval -> finetune (vs from scratch) -> inpainting
