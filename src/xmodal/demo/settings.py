@@ -39,10 +39,13 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"recipes": "recipes/mfh/avdigits*.yaml", "sets": []},
     },
     "ccl": {  # audio / image teachers -> KD and CCL students vs the no-KD baseline (branch ccl)
-        "full": {"teachers": "recipes/supervised/avdigits-*-teacher.yaml", "baseline": "recipes/supervised/avdigits-student.yaml",
-                 "students": ["recipes/kd/avdigits*.yaml", "recipes/ccl/avdigits*.yaml"], "sets": []},
-        "quick": {"teachers": "recipes/supervised/avdigits-*-teacher.yaml", "baseline": "recipes/supervised/avdigits-student.yaml",
-                  "students": ["recipes/kd/avdigits*.yaml", "recipes/ccl/avdigits*.yaml"], "sets": []},
+        "full": {"teachers": "recipes/supervised/avdigits-*-teacher.yaml", "baseline": "recipes/kd/avdigits-baseline.yaml",
+                 "students": ["recipes/kd/avdigits-audio.yaml", "recipes/ccl/avdigits-audio.yaml",
+                              "recipes/ccl/avdigits-image.yaml", "recipes/ccl/avdigits-audio-image.yaml"],
+                 "gap_hurts": 0.8, "sets": []},
+        "quick": {"teachers": "recipes/supervised/avdigits-*-teacher.yaml", "baseline": "recipes/kd/avdigits-baseline.yaml",
+                  "students": ["recipes/kd/avdigits-audio.yaml", "recipes/ccl/avdigits-audio.yaml"],
+                  "gap_hurts": 0.8, "sets": []},
     },
 }
 
