@@ -331,6 +331,11 @@ def run_stage(name: str, out: Path, *, quick: bool, settings: dict, previous: di
         res = entry.obj(ctx)
     except XmodalError as e:
         res = StageResult(status="failed", reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a bug in one stage must not hide the others' results
+        import traceback
+
+        (stage_dir / "logs" / "traceback.txt").write_text(traceback.format_exc())
+        res = StageResult(status="failed", reason=f"internal error {type(e).__name__}: {e} (traceback in {name}/logs/traceback.txt)")
     res.stage, res.title, res.mode, res.settings = name, entry.meta["title"], mode, settings
     res.seconds = round(time.perf_counter() - t0, 1)
     res.peak_rss_mb = round(max(ctx.peak_rss_mb, res.peak_rss_mb), 1)

@@ -31,7 +31,7 @@ def gdt_stage(ctx: StageContext) -> StageResult:
     k = load_config(recipe).data.num_classes
     chance = 100.0 / k
     a2v, v2a = _pct(ret["a2v_R@1"]), _pct(ret["v2a_R@1"])
-    lin, lin0 = _pct(probe["linear_acc"]), _pct(rand["linear_acc"])
+    lin, lin0 = _pct(probe["linear_top1"]), _pct(rand["linear_top1"])
     metrics = {"a2v_R@1": a2v, "v2a_R@1": v2a, "clip_a2v_R@1": _pct(ret.get("clip_a2v_R@1", float("nan"))),
                "video_R@1": _pct(ret.get("video_R@1", float("nan"))), "linear_acc": lin, "linear_acc_random": lin0,
                "chance": chance}  # fmt: skip
