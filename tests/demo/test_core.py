@@ -31,6 +31,11 @@ def stages():
         ctx.xmodal("bad", "train", ctx.dir / "missing.yaml")
         return StageResult()
 
+    @register_stage("t-bug", order=103, title="a stage with a bug")
+    def bug(ctx):
+        return {}["missing"]
+
+    names.append("t-bug")
     CALLS.clear()
     yield names
     for n in names:
@@ -49,7 +54,10 @@ def test_stages_run_in_order_and_results_are_typed(stages, tmp_path):
     assert ok.peak_rss_mb > 10 and ok.cpu_seconds > 0 and "corpus" in ok.steps
     # a failing command makes its stage "failed" with the log to read; the run goes on
     assert bad.status == "failed" and "bad" in bad.reason and "logs/bad.log" in bad.reason
-    assert run.failed == ["t-broken"]
+    # an unexpected error fails only its stage, with the traceback kept
+    assert run.results["t-bug"].status == "failed" and "internal error KeyError" in run.results["t-bug"].reason
+    assert "KeyError" in (tmp_path / "t-bug" / "logs" / "traceback.txt").read_text()
+    assert run.failed == ["t-broken", "t-bug"]
     saved = read_results(tmp_path)
     assert saved["t-corpus"] == ok
     body = json.loads((tmp_path / "results.json").read_text())

@@ -14,6 +14,7 @@ import html
 import json
 import math
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def bar_chart(bars: Bars, png: Path) -> Path:
     ax.set_xticks(list(xs))
     ax.set_xticklabels(bars.labels, fontsize=8, rotation=15 if len(bars.labels) > 3 else 0)
     ax.set_ylabel(bars.ylabel, fontsize=9)
-    ax.set_title(bars.title, fontsize=10)
+    ax.set_title(textwrap.fill(bars.title, 48), fontsize=9)
     top = max([*bars.values, bars.reference or 0.0, 1e-9])
     ax.set_ylim(0, top * 1.18)
     return _save(fig, png)
