@@ -25,6 +25,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for n in stage_names():
             print(f"{n:8s} {STAGES.entry(n).meta['title']}")
         return 0
+    import signal
+
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so the running command is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     run = run_demo(out, quick=args.quick, only=args.only, progress=not args.no_progress)
     print(f"\nxmodal demo ({'quick' if args.quick else 'full'}): {run.seconds:.0f} s, peak RSS {run.peak_rss_mb:.0f} MiB")

@@ -184,13 +184,19 @@ class StageContext:
             with open(out_path, "w") as outf:
                 proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, env=env)
                 status, ru = None, None
-                while status is None:
-                    pid, st, r = os.wait4(proc.pid, os.WNOHANG)
-                    if pid:
-                        status, ru = st, r
-                        break
-                    bar.update(_last_step(watch))
-                    time.sleep(0.5)
+                try:
+                    while status is None:
+                        pid, st, r = os.wait4(proc.pid, os.WNOHANG)
+                        if pid:
+                            status, ru = st, r
+                            break
+                        bar.update(_last_step(watch))
+                        time.sleep(0.5)
+                except BaseException:  # interrupted: stop the command too (a trainer checkpoints on SIGTERM)
+                    proc.terminate()
+                    proc.wait(60)
+                    bar.close()
+                    raise
                 proc.returncode = os.waitstatus_to_exitcode(status)
         bar.close()
         seconds = time.perf_counter() - t0
