@@ -18,6 +18,11 @@ def add_commands(sub, common) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so the running command is stopped too."""
+    raise KeyboardInterrupt
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from xmodal.demo.core import STAGES, run_demo, stage_names
 
@@ -27,8 +32,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     import signal
 
-    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so the running command is stopped too
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     run = run_demo(out, quick=args.quick, only=args.only, progress=not args.no_progress)
     print(f"\nxmodal demo ({'quick' if args.quick else 'full'}): {run.seconds:.0f} s, peak RSS {run.peak_rss_mb:.0f} MiB")
