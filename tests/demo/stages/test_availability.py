@@ -7,7 +7,7 @@ from xmodal.demo.core import STAGES, StageContext
 from xmodal.demo.settings import stage_settings
 from xmodal.demo.stages._recipes import verb_available
 from xmodal.demo.stages.ccl import _missing
-from xmodal.demo.stages.mfh import _helps
+from xmodal.demo.stages.mfh import _first_result, _helps
 
 
 def test_ccl_names_what_is_missing():
@@ -31,3 +31,8 @@ def test_mfh_verdict_reading():
     assert _helps({"helps": True, "verdict": "KD will not help"}) is True  # the boolean wins
     assert _helps({"verdict": "KD is likely to help (gamma_hat 0.62 >= 0.4)"}) is True
     assert _helps({"verdict": "KD will not help (gamma_hat 0.10 < 0.4)"}) is False
+
+
+def test_mfh_report_result():
+    one = {"gamma_hat": 0.7, "helps": True}
+    assert _first_result({"labels": ["a"], "results": [one]}) == one and _first_result(one) == one

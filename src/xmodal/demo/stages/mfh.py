@@ -31,7 +31,7 @@ def mfh_stage(ctx: StageContext) -> StageResult:
             for item in s.get("sets", []):
                 argv += ["--set", item]
             ctx.xmodal(label, *argv)
-        rep = json.loads((out / "report.json").read_text())
+        rep = _first_result(json.loads((out / "report.json").read_text()))
         gap = float(get(raw_recipe(recipe), "data.gap", 0.0) or 0.0)
         helps = _helps(rep)
         verdicts.append({"recipe": recipe.name, "gap": gap, "helps": helps, "gamma_hat": rep.get("gamma_hat"),
@@ -50,6 +50,13 @@ def mfh_stage(ctx: StageContext) -> StageResult:
                  [float(v["gamma_hat"] or 0.0) for v in verdicts], ylabel="gamma_hat",
                  reference=float(raw_recipe(recipes[0]).get("threshold", 0.4)), reference_label="KD-helps threshold")]  # fmt: skip
     return StageResult(metrics=metrics, bars=bars, figures=figures)
+
+
+def _first_result(rep: dict) -> dict:
+    """report.json holds {"labels": [...], "results": [one per compared setting]}; one recipe
+    without --compare gives one result (a flat report is accepted as it is)."""
+    results = rep.get("results")
+    return results[0] if isinstance(results, list) and results else rep
 
 
 def _helps(rep: dict) -> bool:
