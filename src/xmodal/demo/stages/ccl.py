@@ -157,7 +157,8 @@ def _mfh_claims(ctx: StageContext, gains: dict[float, float | None]) -> list[Cla
         if gain is None:
             continue
         ok = bool(v["helps"]) == (gain > 0)
+        g = float("nan") if v.get("gamma_hat") is None else float(v["gamma_hat"])
         out.append(Claim(f"MFH verdict consistent with observed KD outcome (gap {v['gap']:g})", ok,
-                         f"MFH gamma_hat {v['gamma_hat']:.2f}: predicts KD {'helps' if v['helps'] else 'does not help'}; "
-                         f"observed KD gain {gain:+.1f} points", {"gamma_hat": float(v["gamma_hat"]), "kd_gain": gain}))  # fmt: skip
+                         f"MFH gamma_hat {g:.2f}: predicts KD {'helps' if v['helps'] else 'does not help'}; "
+                         f"observed KD gain {gain:+.1f} points", {"gamma_hat": g, "kd_gain": gain}))  # fmt: skip
     return out
