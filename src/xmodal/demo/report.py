@@ -81,13 +81,13 @@ def bar_chart(bars: Bars, png: Path) -> Path:
         ax.annotate(f"{v:.1f}", (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom", fontsize=8)
     if bars.reference is not None:
         ax.axhline(bars.reference, color="k", ls="--", lw=1, label=f"{bars.reference_label} ({bars.reference:.1f})")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(bars.labels, fontsize=8, rotation=15 if len(bars.labels) > 3 else 0)
     ax.set_ylabel(bars.ylabel, fontsize=9)
     ax.set_title(textwrap.fill(bars.title, 48), fontsize=9)
     top = max([*bars.values, bars.reference or 0.0, 1e-9])
-    ax.set_ylim(0, top * 1.18)
+    ax.set_ylim(0, top * 1.25)
     return _save(fig, png)
 
 
