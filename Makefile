@@ -4,6 +4,8 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.xmodal-installed
 PYTEST_ARGS ?=
+# two workers on two cores; whole files per worker so module fixtures (trained teachers) are built once
+XDIST ?= -n 2 --dist loadfile
 
 .PHONY: install demo demo-quick test test-fast bench lint clean
 
@@ -26,10 +28,10 @@ demo-quick: install
 	$(BIN)/xmodal demo --quick
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m xmodal.tools.bench_all

@@ -174,6 +174,10 @@ class SaliencyResult:
     n_samples: int
     batch_size: int
     target_scale: float = 1.0  # β applied to the targets (calibrate=True), else 1
+    # the whole place permuted at once (all channels with one σ_m): Σ_batches mean_repeats of
+    # dist(head(x[σ]), target) − dist(head(x), target), and of dist(head(x[σ]), head(x))
+    joint_gain: float = 0.0
+    joint_decisive: float = 0.0
 
     @property
     def gain(self) -> Tensor:
@@ -202,11 +206,22 @@ def permuted_logits(head: Callable[[Tensor], Tensor], x: Tensor, channels: Tenso
         delta = moved - x[:, channels].T  # [P, B]
         return torch.addcmul(base[None], delta[..., None], head.weight[:, channels].T[:, None, :])
     if x.ndim == 2 and isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], nn.Linear):
-        pre = permuted_logits(head[0], x, channels, perms)
-        return head[1:](pre.flatten(0, 1)).reshape(p, b, -1)
+        pre = permuted_logits(head[0], x, channels, perms).flatten(0, 1)  # [P·B, H], a fresh tensor
+        rest = head[1:]
+        if isinstance(rest[0], nn.ReLU):  # in place: one pass less over the largest tensor
+            pre.clamp_min_(0)
+            rest = rest[1:]
+        return rest(pre).reshape(p, b, -1)
     stack = x.unsqueeze(0).repeat(p, *([1] * x.ndim))
     stack[torch.arange(p, device=x.device)[:, None], torch.arange(b, device=x.device)[None], channels[:, None]] = moved
     return head(stack.flatten(0, 1)).reshape(p, b, -1)
+
+
+def _hidden_width(head: Callable[[Tensor], Tensor]) -> int:
+    """Width of the [P·B, H] pre-activations the Sequential shortcut of `permuted_logits` builds."""
+    if isinstance(head, nn.Sequential) and len(head) > 1 and isinstance(head[0], nn.Linear):
+        return head[0].out_features
+    return 0
 
 
 def _target_scale(head: Callable[[Tensor], Tensor], feats: Tensor, target: Tensor, bs: int) -> float:
@@ -217,7 +232,8 @@ def _target_scale(head: Callable[[Tensor], Tensor], feats: Tensor, target: Tenso
         la, lb = la - la.mean(1, keepdim=True), lb - lb.mean(1, keepdim=True)
         num += (la * lb).sum().item()
         den += lb.square().sum().item()
-    return num / den if den > 0 else 1.0
+    # a reference anti-correlated with the teacher is not a rescaled copy of it: β ≥ 0
+    return max(0.0, num / den) if den > 0 else 1.0
 
 
 def modality_general_saliency(
@@ -231,7 +247,7 @@ def modality_general_saliency(
     generator: torch.Generator | None = None,
     permutations: str = "composed",
     calibrate: bool = False,
-    chunk_elems: int = 1 << 20,
+    chunk_elems: int = 1 << 22,
 ) -> SaliencyResult:
     """Algorithm 1 steps 2-3: permutation saliency of every channel of a teacher place.
 
@@ -263,27 +279,48 @@ def modality_general_saliency(
     bs = batch_size or n
     raw = torch.zeros(d, dtype=torch.float64, device=feats.device)
     decisive = torch.zeros_like(raw)
-    baseline = 0.0
+    baseline = joint_gain = joint_decisive = 0.0
     if permutations not in PERMUTATIONS:
         raise ConfigError(f"permutations: expected one of {PERMUTATIONS}, got {permutations!r}")
     pairs = torch.arange(d, device=feats.device).repeat_interleave(repeats)  # channel-major
     reps = torch.arange(repeats, device=feats.device).repeat(d)
     gen_device = generator.device if generator is not None else feats.device
     draw = lambda rows, b: torch.rand(rows, b, generator=generator, device=gen_device).argsort(1).to(feats.device)
+    # its own stream, so the channel permutations are the same with or without the joint ones
+    joint_gen = torch.Generator(device=gen_device).manual_seed((generator.initial_seed() if generator is not None else 0) + 1)
     with torch.no_grad():
         scale = _target_scale(head, feats, target_logits, bs) if calibrate else 1.0
         for s in range(0, n, bs):
             x, t = feats[s : s + bs], target_logits[s : s + bs] * scale
             b = len(x)
             base = head(x)
-            baseline += _dist(base[None], t[None], distance).item()
+            base_dist = _dist(base[None], t[None], distance).item()
+            baseline += base_dist
+            # whole-row permutations need no head call: head(x[σ]) = head(x)[σ]
+            rows = torch.rand(repeats, b, generator=joint_gen, device=gen_device).argsort(1).to(feats.device)
+            joint_gain += (_dist(base[rows], t[None], distance).mean().item() - base_dist)
+            joint_decisive += _dist(base[rows], base[None], distance).mean().item()
             if permutations == "composed":
                 sigma, tau = draw(repeats, b), draw(d, b)
-            chunk = max(1, chunk_elems // (b * (x[0].numel() + base.shape[1])))
+            closed = isinstance(head, nn.Linear) and distance == "mse" and x.ndim == 2
+            if closed:
+                # Linear head + MSE, exact and without logits: permuting channel i moves every
+                # logit row by δ_b·w_i (w_i = W[:, i]), so with r = head(x) − t,
+                # Σ_bc (r_bc + δ_b w_ci)² = Σ r² + 2 Σ_b δ_b (r_b·w_i) + |w_i|² Σ_b δ_b²
+                w = head.weight.double()
+                rw, wn, r2 = (base - t).double() @ w, w.square().sum(0), (base - t).double().square().sum()
+            chunk = max(1, chunk_elems // (b * (x[0].numel() + base.shape[1] + _hidden_width(head))))
             for c in range(0, len(pairs), chunk):
                 ch = pairs[c : c + chunk]
                 # composed: perm[p][j] = σ_m[τ_i[j]] for pair p = (channel i, repeat m)
                 perms = sigma[reps[c : c + chunk]].gather(1, tau[ch]) if permutations == "composed" else draw(len(ch), b)
+                if closed:
+                    delta = (x[perms, ch[:, None]] - x[:, ch].T).double()  # [P, B]
+                    moved = wn[ch] * delta.square().sum(1)
+                    cells = b * base.shape[1]
+                    raw.index_add_(0, ch, (r2 + 2 * (delta * rw[:, ch].T).sum(1) + moved) / cells / repeats)
+                    decisive.index_add_(0, ch, moved / cells / repeats)
+                    continue
                 out = permuted_logits(head, x, ch, perms, base)
                 raw.index_add_(0, ch, _dist(out, t[None], distance).double() / repeats)
                 decisive.index_add_(0, ch, _dist(out, base[None], distance).double() / repeats)
@@ -300,6 +337,8 @@ def modality_general_saliency(
         n_samples=n,
         batch_size=bs,
         target_scale=scale,
+        joint_gain=joint_gain,
+        joint_decisive=joint_decisive,
     )
 
 
@@ -358,18 +397,41 @@ def mask_channels(model: nn.Module, module_path: str, channels: Tensor | Sequenc
 
 
 # ------------------------------------------------------------------------------------ verdict
-def estimate_gamma(result: SaliencyResult) -> float:
-    """γ̂ = clip(Σ_i gain_i / Σ_i decisive_i, 0, 1).
+def estimate_gamma(result: SaliencyResult, mode: str = "channels") -> float:
+    """γ̂ = clip(Σ_i gain_i / Σ_i decisive_i, 0, 1)  (mode ``channels``), or the same ratio for the
+    whole place permuted at once (mode ``joint``).
 
     With MSE distances and a linear view of the head (logit change w_i·δx_i for channel i):
     E[gain_i] ∝ w_i·v_i (v: f_b's weight on the same information) and E[decisive_i] ∝ w_i², so γ̂
     is the share of the teacher's logit variance that f_b also carries: the modality-general share
     of the teacher's decisive signal. Summing the signed gains keeps noise channels unbiased.
+
+    ``joint`` [ours]: with calibrated targets the ratio is the share of the teacher's logit
+    variance that the reference explains (R² of the least-squares fit, β ≥ 0) whatever the
+    correlation between channels. The per-channel sum equals it only for independent channels
+    (gauss inputs); the pooled ReLU features of a CNN are positively correlated, which adds
+    −2·Σ_{i≠j} cov(contribution_i, contribution_j) to Σ gain_i and drives the ``channels`` ratio
+    below 0 (measured: γ̂ = 0 on avdigits even where KD helps).
     """
-    total = result.decisive.sum().item()
+    if mode not in ("channels", "joint"):
+        raise ConfigError(f"gamma mode: expected 'channels' or 'joint', got {mode!r}")
+    gain, total = (result.gain.sum().item(), result.decisive.sum().item()) if mode == "channels" else (result.joint_gain, result.joint_decisive)
     if total <= 0:
         return 0.0
-    return float(min(1.0, max(0.0, result.gain.sum().item() / total)))
+    return float(min(1.0, max(0.0, gain / total)))
+
+
+def explained_share(teacher_logits: Tensor, reference_logits: Tensor) -> float:
+    """Closed form of the whole-place γ̂ for given logits: β·Cov(t, r) / Var(t) with the
+    calibration β ≥ 0 of `modality_general_saliency(calibrate=True)` (what ``joint`` estimates
+    by permutation). Used for the ceiling of a reference: `teacher_logits` = one-hot labels."""
+    t, r = teacher_logits.double(), reference_logits.double()
+    tc, rc = t - t.mean(1, keepdim=True), r - r.mean(1, keepdim=True)
+    den = rc.square().sum().item()
+    beta = max(0.0, (tc * rc).sum().item() / den) if den > 0 else 0.0
+    cov = ((t - t.mean(0)) * (r - r.mean(0))).sum(1).mean().item()
+    var = (t - t.mean(0)).square().sum(1).mean().item()
+    return float(min(1.0, max(0.0, beta * cov / var))) if var > 0 else 0.0
 
 
 @dataclass
@@ -381,7 +443,8 @@ class KDVerdict:
     text: str
 
 
-def kd_verdict(result: SaliencyResult, *, threshold: float = 0.4, teacher_acc: float | None = None, student_acc: float | None = None) -> KDVerdict:
+def kd_verdict(result: SaliencyResult, *, threshold: float = 0.4, teacher_acc: float | None = None, student_acc: float | None = None,
+               mode: str = "channels", ceiling: float | None = None) -> KDVerdict:
     """Plain-language MFH verdict: KD is expected to help when γ̂ ≥ threshold.
 
     MFH: the KD gain grows with γ, not with the teacher's accuracy. `result` should score the
@@ -390,7 +453,9 @@ def kd_verdict(result: SaliencyResult, *, threshold: float = 0.4, teacher_acc: f
     regular teacher vs the jointly trained f_b): G overlap 2 → 4 gives γ̂ 0.27 → 0.41 and
     Δ −0.3 → +0.4 points; Setting A d = 40 has γ̂ 0.35, Δ ≈ 0; Setting T k = 5 has γ̂ 0.42, Δ +0.3.
     """
-    g = estimate_gamma(result)
+    g = estimate_gamma(result, mode)
+    if ceiling is not None:  # relative to what the reference can explain at all (mfh_diagnose)
+        g = min(1.0, g / ceiling) if ceiling > 0 else 0.0
     gain = result.gain.clamp_min(0)
     order = torch.argsort(gain, descending=True, stable=True)
     cum = torch.cumsum(gain[order], 0)

@@ -74,11 +74,8 @@ def _emit(metrics: dict, json_out: str | None) -> None:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from torch.utils.data import DataLoader
-
-    from xmodal.data.bundle import collate
     from xmodal.errors import ConfigError
-    from xmodal.report.inpaint import reconstruct, save_inpaint_pngs
+    from xmodal.report.inpaint import write_inpainting
 
     loaded = _load(args)
     method = loaded.method
@@ -87,13 +84,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     ds = loaded.data.split(args.split)
     if ds is None or len(ds) == 0:
         raise ConfigError(f"--split: the data has no (non-empty) split '{args.split}'")
-    batch = next(iter(DataLoader(ds, batch_size=min(args.n, len(ds)), shuffle=False, collate_fn=loaded.data.collate or collate)))
-    audio, image = method.model_inputs(batch, train=False)
-    rec = reconstruct(method.model, audio, image, ratio_a=args.ratio, ratio_v=args.ratio, mask_mode=args.mode, seed=args.seed)
-    paths = save_inpaint_pngs(rec, args.out)
-    summary = {"mse_audio": rec.mse_audio, "mse_image": rec.mse_image, "ratio": args.ratio, "mode": args.mode,
-               "norm_pix_loss": method.model.cfg.norm_pix_loss, "pngs": [p.name for p in paths]}
-    (Path(args.out) / "inpaint.json").write_text(json.dumps(summary, indent=2))
+    summary = write_inpainting(method, ds, args.out, n=args.n, ratio=args.ratio, mode=args.mode, seed=args.seed,
+                               collate=loaded.data.collate)
     _emit(summary, None)
     return 0
 

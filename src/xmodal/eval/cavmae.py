@@ -101,12 +101,17 @@ def classification_metrics(probs: Any, labels: Any, multilabel: bool) -> dict[st
 
 
 # ----------------------------------------------------------------------------------- retrieval
-def retrieval_metrics(audio: Any, image: Any, labels: Any = None) -> dict[str, float]:
+def retrieval_metrics(audio: Any, image: Any, labels: Any = None, center: bool = False) -> dict[str, float]:
     """Both directions (v2a: visual query -> audio gallery; a2v) with R@1/5/10, median/mean rank.
 
     Exact-pair keys ``v2a_R@1``...; with labels also class-level ``class_v2a_R@1``... (a match is
-    any gallery clip of the query's class; multi-hot: any shared class).
+    any gallery clip of the query's class; multi-hot: any shared class). ``center`` subtracts each
+    side's mean first: for models trained with ``method.center`` (their pooled vectors share a large
+    common component that the contrastive term never saw, and it would make hubs of some clips).
     """
+    if center:
+        audio, image = (torch.as_tensor(x).float() for x in (audio, image))
+        audio, image = audio - audio.mean(0, keepdim=True), image - image.mean(0, keepdim=True)
     out = retrieval_report(image, audio, names=("v", "a"))
     y = None if labels is None else torch.as_tensor(labels)
     if y is not None and y.is_floating_point() and y.dim() == 2:
@@ -116,13 +121,14 @@ def retrieval_metrics(audio: Any, image: Any, labels: Any = None) -> dict[str, f
     return out
 
 
-def collect_retrieval(method: Any, dataset: Any, *, batch_size: int = 64, collate=None) -> dict[str, float]:
+def collect_retrieval(method: Any, dataset: Any, *, batch_size: int = 64, collate=None, progress_bar: bool = True) -> dict[str, float]:
     from xmodal.engine.evaluate import collect_outputs
 
     if not hasattr(method, "retrieval_step"):
         raise ConfigError(f"cavmae retrieval needs a pretrained CAV-MAE run (cavmae_pretrain), got {type(method).__name__}")
-    out = collect_outputs(method, dataset, batch_size=batch_size, collate=collate, desc="retrieval", step_fn="retrieval_step")
-    return retrieval_metrics(out["audio"], out["image"], out.get("label"))
+    out = collect_outputs(method, dataset, batch_size=batch_size, collate=collate, desc="retrieval", step_fn="retrieval_step",
+                          progress_bar=progress_bar)
+    return retrieval_metrics(out["audio"], out["image"], out.get("label"), center=bool(getattr(method.cfg, "center", False)))
 
 
 # ------------------------------------------------------------------------------------ protocols

@@ -84,6 +84,9 @@ class CavmaeInputs:
     train_frame: Literal["random", "middle"] = "random"
     eval_frames: int = 1  # finetune eval on video clips: average probabilities over this many frames
     normalize_video: bool = True  # ImageNet mean/std on frames taken from `video_key`
+    # frames from `video_key` as grey (ITU-R 601 luma in all three channels), in training and eval:
+    # for embedded data whose colours are random per clip and carry no class (avdigits) [ours]
+    grayscale: bool = False
 
 
 @dataclass
@@ -99,6 +102,14 @@ class CavmaePretrainConfig:
     w_c: float = 0.01
     temperature: float = 0.05
     symmetric: bool = False  # the "Symc" ablation: average both softmax directions
+    # [ours] subtract each side's batch mean from the pooled vectors before the L2 norm: a from-scratch
+    # ViT's mean-pooled tokens are nearly identical at init (cosines ~0.99, dominated by the position
+    # tables), and the contrastive term then collapses them instead of aligning them (avdigits recipes)
+    center: bool = False
+    # [ours] "unmasked": the contrastive term uses a second, unmasked pass through the modality streams
+    # (forward_feat, as retrieval does) instead of the masked pass's visible tokens (the reference).
+    # For tiny grids: at 75 % masking 4 of 16 frame patches remain and most miss a small digit.
+    contrast_tokens: Literal["visible", "unmasked"] = "visible"
     gather: bool = False  # all-gather negatives over processes (the reference did not)
     negative_groups: int = 1  # split the local batch into this many contrastive groups (DataParallel replicas)
     loss_scale: float | Literal["world_size"] = 1.0  # the reference summed its replicas' losses
@@ -216,6 +227,9 @@ def take_image(batch: dict, inputs: CavmaeInputs, arch: CAVMAEConfig, frame: int
         b, t = video.shape[0], video.shape[2]
         idx = torch.full((b,), t // 2) if frame is None else torch.as_tensor(frame).expand(b)
         img = video[torch.arange(b), :, idx.to(video.device)].float()
+        if inputs.grayscale:
+            luma = img.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)
+            img = (img * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
         if inputs.normalize_video:
             mean = img.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
             img = (img - mean) / img.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -270,11 +284,17 @@ class CavmaePretrain(Method):
             terms["loss_mae_a"] = mae_loss(pred_a, m.patchify_audio(audio), enc.mask_a, self.arch.norm_pix_loss)
             terms["loss_mae_v"] = mae_loss(pred_v, m.patchify_image(image), enc.mask_v, self.arch.norm_pix_loss)
         if c.w_c:
-            a, v = enc.c_a.mean(dim=1), enc.c_v.mean(dim=1)
+            if c.contrast_tokens == "unmasked":
+                feats = m.forward_feat(audio, image)
+                a, v = feats.audio.mean(dim=1), feats.image.mean(dim=1)
+            else:
+                a, v = enc.c_a.mean(dim=1), enc.c_v.mean(dim=1)
             g = c.negative_groups
             if a.shape[0] % g:
                 raise ConfigError(f"method.negative_groups: batch of {a.shape[0]} is not divisible into {g} groups")
-            outs = [cavmae_contrastive(ai, vi, c.temperature, c.symmetric, c.gather) for ai, vi in zip(a.chunk(g), v.chunk(g))]
+            center = (lambda x: x - x.mean(dim=0, keepdim=True)) if c.center else (lambda x: x)  # per group (local batch)
+            outs = [cavmae_contrastive(center(ai), center(vi), c.temperature, c.symmetric, c.gather)
+                    for ai, vi in zip(a.chunk(g), v.chunk(g))]
             terms["nce"] = torch.stack([o.total for o in outs]).mean()
             terms["c_acc"] = torch.stack([torch.as_tensor(o.terms["c_acc"]) for o in outs]).float().mean()
         terms["loss"] = c.w_mae * (terms["loss_mae_a"] + terms["loss_mae_v"]) + c.w_c * terms["nce"]
@@ -321,7 +341,7 @@ class CavmaePretrain(Method):
         if "audio" in outputs:
             from xmodal.eval.cavmae import retrieval_metrics
 
-            metrics.update(retrieval_metrics(outputs["audio"], outputs["image"], outputs.get("label")))
+            metrics.update(retrieval_metrics(outputs["audio"], outputs["image"], outputs.get("label"), center=self.cfg.center))
         return metrics
 
 

@@ -124,3 +124,23 @@ def save_inpaint_pngs(rec: Inpainting, out_dir: str | Path, prefix: str = "sampl
         fig.suptitle(f"frame {i}: masked-patch MSE (batch) {rec.mse_image:.4f}")
         paths.append(_save(fig, out / f"{prefix}{i}_image.png"))
     return paths
+
+
+def write_inpainting(method, dataset, out_dir: str | Path, *, n: int = 4, ratio: float = 0.75,
+                     mode: MaskMode = "unstructured", seed: int = 0, collate=None) -> dict:
+    """PNGs and ``inpaint.json`` for the first `n` clips of `dataset` under a pretraining method
+    (`CavmaePretrain`: it owns the decoder and its input pipeline); returns the json summary."""
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from xmodal.data.bundle import collate as default_collate
+
+    batch = next(iter(DataLoader(dataset, batch_size=min(n, len(dataset)), shuffle=False, collate_fn=collate or default_collate)))
+    audio, image = method.model_inputs(batch, train=False)
+    rec = reconstruct(method.model, audio, image, ratio_a=ratio, ratio_v=ratio, mask_mode=mode, seed=seed)
+    paths = save_inpaint_pngs(rec, out_dir)
+    summary = {"mse_audio": rec.mse_audio, "mse_image": rec.mse_image, "ratio": ratio, "mode": mode,
+               "norm_pix_loss": method.model.cfg.norm_pix_loss, "pngs": [p.name for p in paths]}
+    (Path(out_dir) / "inpaint.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -100,3 +100,28 @@ def sweep_gain_points(result: Any) -> tuple[list[float], list[float], list[str]]
     res = _plain(result)
     pts = [p for p in res["points"] if p.get("gamma_hat")]
     return [p["gamma_hat"]["mean"] for p in pts], [p["delta"]["mean"] for p in pts], [f"{res['setting']}{p['param']}" for p in pts]
+
+
+def plot_accuracy_vs_gamma_hat(results: Sequence[Mapping[str, Any]], path: str | Path, *, labels: Sequence[str] = ()) -> Path:
+    """Diagnose results: student accuracy without KD (and with KD, where measured) against γ̂."""
+    rows = sorted(zip(labels or [r["name"] for r in results], results), key=lambda lr: lr[1]["gamma_hat"])
+    if not rows:
+        raise DataError("plot_accuracy_vs_gamma_hat: no results")
+    x = [r["gamma_hat"] for _, r in rows]
+    fig = _figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    ax.plot(x, [r["student_acc"] for _, r in rows], "o-", color="tab:blue", label="student, no KD")
+    kd = [(g, r["kd_acc"]) for g, (_, r) in zip(x, rows) if r.get("kd_acc") is not None]
+    if kd:
+        ax.plot([g for g, _ in kd], [a for _, a in kd], "o-", color="tab:red", label="student, KD (observed)")
+    ax.plot(x, [r["teacher_acc"] for _, r in rows], "o--", color="black", label="teacher (own modality and labels)")
+    for (lab, _), g, r in zip(rows, x, (r for _, r in rows)):
+        ax.annotate(str(lab), (g, r["student_acc"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    thr = rows[0][1].get("threshold")
+    if thr is not None:
+        ax.axvline(thr, color="grey", lw=0.8, ls=":", label=f"verdict threshold {thr:g}")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xlabel("γ̂ (estimated modality-general share)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

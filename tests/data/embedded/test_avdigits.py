@@ -132,6 +132,16 @@ def test_distractor_keeps_main_draws():
     assert (changed.sum(1) > 0).all()
 
 
+def test_still_digit_keeps_every_other_draw():
+    a = generate(dataclasses.replace(TINY, video_noise=0.0))
+    b = generate(dataclasses.replace(TINY, video_noise=0.0, motion="none"))
+    assert np.array_equal(a.audio, b.audio) and np.array_equal(a.image, b.image)
+    assert np.array_equal(b.video, b.video[:, :1].repeat(TINY.frames, 1))  # every frame the same
+    assert (a.video != a.video[:, :1]).any()  # (the default moves)
+    with pytest.raises(DataError, match="motion"):
+        generate(dataclasses.replace(TINY, motion="spin"))
+
+
 def test_bad_config():
     with pytest.raises(DataError, match="num_classes"):
         generate(dataclasses.replace(TINY, num_classes=11))

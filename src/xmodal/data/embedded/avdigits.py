@@ -64,6 +64,10 @@ class AVDigitsConfig:
     distractor: bool = False  # a smaller, dimmer digit of another class moving behind
     brightness: tuple[float, float] = (0.6, 1.0)
     speed: tuple[float, float] = (1.0, 3.0)  # px per frame
+    # "none": the digit stays still at the centre of every frame (the same random draws are made, so
+    # everything else about a clip is unchanged): for models without translation invariance, such as
+    # a tiny ViT whose patch grid then sees the whole digit in its central patches (CAV-MAE recipes)
+    motion: Literal["bounce", "none"] = "bounce"
     snr_db: tuple[float, float] = (-5.0, 10.0)
     gap: float = 0.0  # fraction of clips whose audio says another class
     gap_mode: Literal["fixed", "random"] = "fixed"
@@ -94,6 +98,8 @@ class AVDigitsConfig:
             raise ValueError("test_image_fraction and test_speaker_fraction must be in (0, 1)")
         if self.video_noise < 0:
             raise ValueError("video_noise must be >= 0")
+        if self.motion not in ("bounce", "none"):
+            raise ValueError(f"motion must be 'bounce' or 'none', got {self.motion!r}")
 
 
 @dataclass
@@ -295,6 +301,8 @@ def _render_video(
     tt = np.arange(t, dtype=np.float64)
     vel = speed[:, None] * np.stack([np.sin(angle), np.cos(angle)], 1)
     pos = np.rint(_bounce(p0, vel, tt, h - s_big)).astype(np.int64)
+    if cfg.motion == "none":
+        pos[:] = (h - s_big) // 2
     if cfg.distractor:
         d_vel = d_speed[:, None] * np.stack([np.sin(d_angle), np.cos(d_angle)], 1)
         d_pos = np.rint(_bounce(d_p0, d_vel, tt, h - h // 4)).astype(np.int64)
@@ -468,13 +476,17 @@ class AVDigitsDataset(Dataset):
     """Clips as batch dicts: video float [C,T,H,W] in [0,1], audio float [S], fbank [frames, mel]
     (when computed), label, audio_label, uid."""
 
-    def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None):
+    def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None, *, image_frame: str = "none",
+                 columns: dict[str, torch.Tensor] | None = None, image_size: int = 0):
         self.video = torch.from_numpy(data.video)  # uint8 until a sample is read (4x less memory)
         self.audio = torch.from_numpy(data.audio)
         self.label = torch.from_numpy(data.label)
         self.audio_label = torch.from_numpy(data.audio_label)
         self.fbank = fbank
         self.uid = data.uid
+        self.image_frame = image_frame  # "middle": also an "image" key (an image teacher's input)
+        self.image_size = image_size  # 0 = the frame's own size
+        self.columns = columns or {}  # further per-clip tensors (feature-store rows) -> batch keys
 
     def __len__(self) -> int:
         return len(self.uid)
@@ -495,6 +507,13 @@ class AVDigitsDataset(Dataset):
         }
         if self.fbank is not None:
             out["fbank"] = self.fbank[index]
+        if self.image_frame == "middle":
+            img = out["video"][:, :, out["video"].shape[2] // 2].contiguous()
+            if self.image_size and self.image_size != img.shape[-1]:  # bilinear, H and W only
+                img = torch.nn.functional.interpolate(img, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+            out["image"] = img
+        for key, col in self.columns.items():
+            out[key] = col[index]
         if single:
             out = {k: v[0] for k, v in out.items()}
         return out
@@ -503,8 +522,14 @@ class AVDigitsDataset(Dataset):
 @dataclass
 class AVDigitsDataConfig(AVDigitsConfig):
     name: str = "avdigits"
-    train_split: Literal["train", "pool"] = "train"  # pool: e.g. teachers trained on their own modality
+    # pool: e.g. teachers trained on their own modality; train+pool: each batch pairs labelled
+    # clips with unlabelled pool clips (label -1), the cross-modal KD setting (data/kd_pool.py)
+    train_split: Literal["train", "pool", "train+pool"] = "train"
     fbank_bins: int = 64  # Kaldi log-mel bins of the "fbank" key; 0 = no fbank key
+    image_frame: Literal["none", "middle"] = "none"  # middle: an "image" key [3, H, W] (middle frame)
+    image_size: int = 0  # "image" side (bilinear upscale; 0 = the frame size): ImageNet-style stems need > 32 px
+    features: dict[str, str] = field(default_factory=dict)  # batch key -> FeatureStore (teacher cache)
+    missing_features: Literal["error", "zeros"] = "error"
 
 
 def avdigits_fbank(audio: np.ndarray, bins: int, stats_rows: np.ndarray) -> torch.Tensor:
@@ -537,13 +562,24 @@ def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
     )  # fmt: skip
 
     def part(split: str) -> AVDigitsDataset:
+        from xmodal.data.sequences import feature_columns
+
         idx = np.flatnonzero(data.split == split)
-        return AVDigitsDataset(data.subset(split), fbank[torch.from_numpy(idx)] if fbank is not None else None)
+        sub = data.subset(split)
+        return AVDigitsDataset(sub, fbank[torch.from_numpy(idx)] if fbank is not None else None,
+                               image_frame=cfg.image_frame, image_size=cfg.image_size,
+                               columns=feature_columns(sub.uid, cfg.features, cfg.missing_features))
 
     pool = part("pool")
+    if cfg.train_split == "train+pool":
+        from xmodal.data.kd_pool import LabelledPoolDataset
+
+        train = LabelledPoolDataset(part("train"), pool, seed=cfg.seed)
+    else:
+        train = part(cfg.train_split)
     return DataBundle(
-        train=part(cfg.train_split),
+        train=train,
         test=part("test"),
         info=info,
-        extra={"pool": pool} if len(pool) else {},
+        extra={"pool": pool, "labelled": part("train")} if len(pool) else {"labelled": part("train")},
     )
