@@ -28,11 +28,13 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"corpus_lines": 4000, "mlm_steps": 300, "teacher_epochs": 10, "student_epochs": 10,
                   "num_sequences": 400, "seeds": [0]},
     },
-    "cavmae": {  # pretrain -> retrieval -> finetune (vs from scratch) -> inpainting
+    "cavmae": {  # pretrain -> retrieval -> finetune (vs from scratch) -> inpainting; 0 = the recipe's own length
         "full": {"pretrain": "recipes/cavmae/avdigits-pretrain.yaml", "finetune": "recipes/cavmae/avdigits-finetune.yaml",
-                 "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 0, "finetune_epochs": 0},
+                 "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 0, "finetune_epochs": 0,
+                 "checked_retrieval": True, "checked_finetune": False},
         "quick": {"pretrain": "recipes/cavmae/avdigits-pretrain.yaml", "finetune": "recipes/cavmae/avdigits-finetune.yaml",
-                  "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 100, "finetune_epochs": 20},
+                  "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 0, "finetune_epochs": 0,
+                  "checked_retrieval": True, "checked_finetune": False},
     },
     "mfh": {  # xmodal mfh diagnose on the avdigits KD setting (branch mfh-cli)
         "full": {"recipes": "recipes/mfh/avdigits*.yaml", "sets": []},
