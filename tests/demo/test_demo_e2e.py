@@ -13,7 +13,8 @@ KEY_CLAIMS = {
     "media": ["prep: every clip stored, none rejected"],
     "gdt": ["GDT retrieval above chance", "GDT linear probe beats a random encoder"],
     "textkd": ["text-KD student beats no-KD"],
-    "cavmae": ["CAV-MAE reconstruction losses fall during pretraining", "CAV-MAE retrieval above chance"],
+    "cavmae": ["CAV-MAE reconstruction losses fall during pretraining", "CAV-MAE retrieval above chance",
+               "CAV-MAE pretraining helps fine-tuning"],
     "ccl": ["KD beats baseline"],
 }
 

@@ -31,10 +31,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "cavmae": {  # pretrain -> retrieval -> finetune (vs from scratch) -> inpainting; 0 = the recipe's own length
         "full": {"pretrain": "recipes/cavmae/avdigits-pretrain.yaml", "finetune": "recipes/cavmae/avdigits-finetune.yaml",
                  "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 0, "finetune_epochs": 0,
-                 "checked_retrieval": True, "checked_finetune": False},
+                 "checked_retrieval": True, "checked_finetune": True},
         "quick": {"pretrain": "recipes/cavmae/avdigits-pretrain.yaml", "finetune": "recipes/cavmae/avdigits-finetune.yaml",
                   "scratch": "recipes/cavmae/avdigits-finetune-scratch.yaml", "pretrain_steps": 0, "finetune_epochs": 0,
-                  "checked_retrieval": True, "checked_finetune": False},
+                  "checked_retrieval": True, "checked_finetune": True},
     },
     "mfh": {  # xmodal mfh diagnose on the avdigits KD setting (branch mfh-cli)
         "full": {"recipes": "recipes/mfh/avdigits*.yaml", "sets": []},

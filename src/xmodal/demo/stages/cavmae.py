@@ -5,8 +5,8 @@ random init) -> inpainting figures of the pretrained model.
 The recipes are read by path (settings table), so improved embedded recipes drop in. Claims:
 both reconstruction losses fall during pretraining; class-level retrieval above chance (asserted
 when the settings row says `checked_retrieval`: the embedded recipe learns alignment since the
-cavmae-avd changes, docs/cavmae.md); pretraining beating scratch on 5 labels per class is shown
-for information (`checked_finetune`)."""
+cavmae-avd changes, docs/cavmae.md); pretraining beating scratch on 5 labels per class
+(asserted when `checked_finetune`)."""
 
 from __future__ import annotations
 
