@@ -79,7 +79,7 @@ def cache_epoch(steps: int) -> tuple[float, float]:
     from xmodal.config import config_from_data
     from xmodal.data.embedded.avdigits import AVDigitsDataConfig, avdigits_data
     from xmodal.methods._distill import TeacherConfig
-    from xmodal.methods.kd import KD, KDConfig
+    from xmodal.methods.kd import KD
     from xmodal.registry import MODELS
 
     data = avdigits_data(AVDigitsDataConfig(n_pool=64 * steps, n_test_per_class=1, fbank_bins=40, train_split="train+pool"))

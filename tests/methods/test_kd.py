@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmodal.config import load_config
 from xmodal.data.embedded.avdigits import AVDigitsDataConfig, avdigits_data
 from xmodal.data.kd_pool import LabelledPoolDataset
 from xmodal.errors import ConfigError

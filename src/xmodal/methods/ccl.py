@@ -35,7 +35,13 @@ from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
 from xmodal.losses.ccl import ccl_objectives, nonzero_rows
-from xmodal.methods._distill import TeacherConfig, WindowedStudent, load_teacher, random_window, teacher_outputs
+from xmodal.methods._distill import (
+    TeacherConfig,
+    WindowedStudent,
+    load_teacher,
+    random_window,
+    teacher_outputs,
+)
 from xmodal.methods.base import Method
 from xmodal.methods.kd import build_student
 from xmodal.registry import register_method

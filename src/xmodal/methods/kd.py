@@ -32,7 +32,13 @@ from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
 from xmodal.losses.kd import feature_cosine, feature_mse, kd_kl, topk_kl
-from xmodal.methods._distill import TeacherConfig, WindowedStudent, load_teacher, random_window, teacher_outputs
+from xmodal.methods._distill import (
+    TeacherConfig,
+    WindowedStudent,
+    load_teacher,
+    random_window,
+    teacher_outputs,
+)
 from xmodal.methods.base import Method
 from xmodal.methods.supervised import fill_model_dims
 from xmodal.registry import MODELS, register_method
@@ -172,8 +178,7 @@ def run_kd(recipe: str | Path | Any, overrides: list[str] | None = None, *, out_
     test accuracy. `overrides` are `--set` strings (e.g. ["data.gap=0.8", "train.seed=1"]);
     `data` reuses an already built DataBundle (same data config). With `retrieval`, also video
     retrieval R@k (test queries, labelled training clips as gallery)."""
-    from xmodal.config import RunConfig, apply_overrides, from_dict, load_config, to_dict
-    from xmodal.config import Source
+    from xmodal.config import RunConfig, Source, apply_overrides, from_dict, load_config, to_dict
     from xmodal.engine.trainer import train
 
     if isinstance(recipe, RunConfig):
