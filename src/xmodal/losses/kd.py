@@ -22,6 +22,15 @@ _REDUCTION_ALIASES = {"elements_mean": "mean_elements"}
 MISSING_TEACHER_MODES = ("skip", "uniform")
 
 
+def check_kd_settings(cfg) -> None:
+    """Shared `validate()` of the KD-term configs (methods/kd.py, methods/textkd.py): a config with
+    `temperature`, `k`, `weight`, `feature_cosine` and `feature_mse`."""
+    if cfg.temperature <= 0 or cfg.k < 1:
+        raise ValueError(f"temperature must be > 0 and k >= 1, found {cfg.temperature}, {cfg.k}")
+    if min(cfg.weight, cfg.feature_cosine, cfg.feature_mse) < 0:
+        raise ValueError("weight, feature_cosine and feature_mse must be >= 0")
+
+
 def _reduction(name: str) -> str:
     name = _REDUCTION_ALIASES.get(name, name)
     if name not in REDUCTIONS:

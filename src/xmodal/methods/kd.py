@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
-from xmodal.losses.kd import feature_cosine, feature_mse, kd_kl, topk_kl
+from xmodal.losses.kd import check_kd_settings, feature_cosine, feature_mse, kd_kl, topk_kl
 from xmodal.methods._distill import (
     TeacherConfig,
     WindowedStudent,
@@ -56,10 +56,7 @@ class KDTermConfig:
     rows: Literal["all", "unlabelled", "labelled"] = "all"  # which rows the KD terms see
 
     def validate(self) -> None:
-        if self.temperature <= 0 or self.k < 1:
-            raise ValueError(f"temperature must be > 0 and k >= 1, found {self.temperature}, {self.k}")
-        if min(self.weight, self.feature_cosine, self.feature_mse) < 0:
-            raise ValueError("weight, feature_cosine and feature_mse must be >= 0")
+        check_kd_settings(self)
 
     @property
     def active(self) -> bool:

@@ -29,7 +29,15 @@ import torch
 from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
-from xmodal.losses.kd import feature_cosine, feature_mse, kd_kl, missing_teacher, top_mid_bottom_kl, topk_kl
+from xmodal.losses.kd import (
+    check_kd_settings,
+    feature_cosine,
+    feature_mse,
+    kd_kl,
+    missing_teacher,
+    top_mid_bottom_kl,
+    topk_kl,
+)
 from xmodal.methods.base import Method
 from xmodal.methods.supervised import fill_model_dims
 from xmodal.models.avt import AVTLossWeights, AVTOut, avt_losses
@@ -51,10 +59,7 @@ class KDConfig:
     teacher_key: str = "teacher"  # batch keys <key>.logits / <key>.feature / <key>.present
 
     def validate(self) -> None:
-        if self.temperature <= 0 or self.k < 1:
-            raise ValueError(f"temperature must be > 0 and k >= 1, found {self.temperature}, {self.k}")
-        if min(self.weight, self.feature_cosine, self.feature_mse) < 0:
-            raise ValueError("weight, feature_cosine and feature_mse must be >= 0")
+        check_kd_settings(self)
 
 
 @dataclass
