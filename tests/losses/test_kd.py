@@ -180,3 +180,14 @@ def test_bad_inputs_are_reported():
         kd_kl(torch.zeros(2, 3), torch.zeros(2, 4))
     with pytest.raises(ConfigError, match="reduction"):
         kd_kl(torch.zeros(2, 3), torch.zeros(2, 3), reduction="sum")
+
+
+def test_kd_configs_reject_bad_settings():
+    from xmodal.methods.kd import KDTermConfig
+    from xmodal.methods.textkd import KDConfig
+
+    for cls in (KDTermConfig, KDConfig):
+        cls().validate()
+        for bad in ({"temperature": 0.0}, {"k": 0}, {"weight": -1.0}, {"feature_mse": -0.1}):
+            with pytest.raises(ValueError):
+                cls(**bad).validate()
