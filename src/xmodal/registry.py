@@ -11,11 +11,14 @@ import dataclasses
 import importlib
 import inspect
 import pkgutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from xmodal.errors import ConfigError, closest
+
+_DISCOVERY = threading.RLock()  # one for all registries: one registry's modules may look up another's
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Registry:
         self.packages = packages
         self._entries: dict[str, Entry] = {}
         self._discovered = not packages
+        self._discovering = False
 
     def register(self, name: str | None = None, *, config: type | None = None, **meta: Any):
         """Decorator: register a class or builder function under `name` (default: its __name__).
@@ -89,12 +93,21 @@ class Registry:
     def _discover(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
-        for package in self.packages:
-            pkg = importlib.import_module(package)
-            for mod in pkgutil.iter_modules(pkg.__path__):
-                if not mod.name.startswith("_"):
-                    importlib.import_module(f"{package}.{mod.name}")
+        # Another thread looking up while this one imports must wait, not see a half-filled registry;
+        # a lookup from inside the imports (same thread) gets what is registered so far.
+        with _DISCOVERY:
+            if self._discovered or self._discovering:
+                return
+            self._discovering = True
+            try:
+                for package in self.packages:
+                    pkg = importlib.import_module(package)
+                    for mod in pkgutil.iter_modules(pkg.__path__):
+                        if not mod.name.startswith("_"):
+                            importlib.import_module(f"{package}.{mod.name}")
+                self._discovered = True
+            finally:
+                self._discovering = False
 
     def entry(self, name: str) -> Entry:
         self._discover()
