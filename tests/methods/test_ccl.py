@@ -126,3 +126,20 @@ def test_recipes_load(recipe):
 
     cfg = load_config(RECIPE_DIR / recipe)
     assert cfg.method.name in ("ccl", "kd")
+
+
+def test_ccl_baseline_is_the_same_training_as_the_kd_baseline(tmp_path):
+    """The demo trains one no-KD baseline for the KD and the CCL students: both baseline recipes
+    must give the same student the same batches, steps and seed (identical losses and accuracy)."""
+    from xmodal.config import load_config
+    from xmodal.engine.logging import read_metrics
+    from xmodal.engine.trainer import train
+
+    small = ["data.n_pool=64", "data.n_test_per_class=4", "train.max_steps=6", "train.log_every=1", "train.recompute_bn=2"]
+    runs = {}
+    for name in ("kd", "ccl"):
+        res = train(load_config(RECIPE_DIR / name / "avdigits-baseline.yaml", small), out_dir=tmp_path / name)
+        losses = [r["loss"] for r in read_metrics(tmp_path / name) if r["split"] == "train"]
+        runs[name] = (losses, res.metrics["test"]["acc"])
+    assert len(runs["kd"][0]) == 6
+    assert runs["kd"] == runs["ccl"]
