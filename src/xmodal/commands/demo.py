@@ -10,10 +10,12 @@ def add_commands(sub, common) -> None:
     p = sub.add_parser("demo", parents=[common], help="run the embedded demo of every method and write report.html",
                        description="Generate avdigits, prepare it, pretrain / distil / evaluate each method on embedded data "
                        "and write OUT/report.html and OUT/results.json. Rerunning reuses finished stages.")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="fewer steps and smaller pools (~2-3 min; what CI runs)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and smaller pools (~2.5 min on 2 cores; what CI runs)")
     p.add_argument("--out", default=None, help="output folder (default: runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--only", default=None, metavar="STAGES", help="comma-separated stages to run (default: all); see --list")
     p.add_argument("--list", action="store_true", help="list the stages and exit")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="commands run side by side, each with cores/N threads (default: one per core, at most 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines or bars")
     p.set_defaults(func=cmd_demo)
 
@@ -25,6 +27,7 @@ def _interrupt(signum, frame) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from xmodal.demo.core import STAGES, run_demo, stage_names
+    from xmodal.errors import ConfigError
 
     if args.list:
         for n in stage_names():
@@ -34,7 +37,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    run = run_demo(out, quick=args.quick, only=args.only, progress=not args.no_progress)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs: needs at least 1 (got {args.jobs})")
+    run = run_demo(out, quick=args.quick, only=args.only, progress=not args.no_progress, jobs=args.jobs)
     print(f"\nxmodal demo ({'quick' if args.quick else 'full'}): {run.seconds:.0f} s, peak RSS {run.peak_rss_mb:.0f} MiB")
     for name, r in run.results.items():
         if r.status != "done":

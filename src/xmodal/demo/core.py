@@ -22,12 +22,15 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from xmodal.demo.jobs import Slots, default_jobs, run_parallel
 from xmodal.errors import ConfigError, XmodalError
 from xmodal.registry import Registry
 
@@ -148,11 +151,15 @@ class StageContext:
     """What a stage gets: its folder, its settings, earlier results and CLI runners."""
 
     def __init__(self, name: str, out: Path, quick: bool, settings: dict[str, Any],
-                 previous: dict[str, StageResult], progress: bool = True):
+                 previous: dict[str, StageResult], progress: bool = True, slots: Slots | None = None,
+                 lookup: Callable[[str], StageResult | None] | None = None):
         self.name, self.out, self.quick, self.settings = name, out, quick, settings
         self.dir = out / name
         self.previous = previous
         self.progress = progress
+        self.slots = slots or Slots(1)
+        self._lookup = lookup or previous.get
+        self._lock = threading.Lock()
         self.peak_rss_mb = 0.0
         self.cpu_seconds = 0.0
         self.steps: dict[str, float] = {}
@@ -166,6 +173,18 @@ class StageContext:
         if self.progress:
             print(f"  [{self.name}] {text}", file=sys.stderr, flush=True)
 
+    def stage_result(self, name: str) -> StageResult | None:
+        """Stage `name`'s result: waits for it when it runs in this demo, else the one in results.json.
+        (Never call it from inside a command slot: the awaited stage may need that slot.)"""
+        return self._lookup(name)
+
+    def parallel(self, *thunks: Callable[[], Any], side: int = 0) -> list[Any]:
+        """Run independent steps (each typically a `train` / `xmodal` call) side by side, as many at
+        once as the demo has slots; results in order, the first error raised after all ended. The
+        last `side` thunks are side work (e.g. a baseline beside a teacher -> students chain): their
+        commands get a slot only when no other command waits."""
+        return run_parallel(list(thunks), self.slots.jobs, side)
+
     # -- subprocesses
     def xmodal(self, label: str, *argv: str, watch: Path | None = None, total: int | None = None) -> str:
         """Run ``xmodal ARGV`` in a subprocess (stdout + stderr to logs/<label>.log); returns stdout.
@@ -174,35 +193,41 @@ class StageContext:
         (out of `total`). A failure raises XmodalError naming the log and its last line."""
         log_path = self.dir / "logs" / f"{label}.log"
         cmd = [sys.executable, "-m", "xmodal.cli", *map(str, argv)]
-        env = {**os.environ, "XMODAL_PROGRESS": "0", "PYTHONUNBUFFERED": "1"}
-        t0 = time.perf_counter()
-        bar = _Bar(f"{self.name}: {label}", total, self.progress)
-        with open(log_path, "w") as logf:
-            logf.write("$ xmodal " + " ".join(map(str, argv)) + "\n")
-            logf.flush()
-            out_path = log_path.with_suffix(".out")
-            with open(out_path, "w") as outf:
-                proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, env=env)
-                status, ru = None, None
-                try:
-                    while status is None:
-                        pid, st, r = os.wait4(proc.pid, os.WNOHANG)
-                        if pid:
-                            status, ru = st, r
-                            break
-                        bar.update(_last_step(watch))
-                        time.sleep(0.5)
-                except BaseException:  # interrupted: stop the command too (a trainer checkpoints on SIGTERM)
-                    proc.terminate()
-                    proc.wait(60)
-                    bar.close()
-                    raise
-                proc.returncode = os.waitstatus_to_exitcode(status)
-        bar.close()
-        seconds = time.perf_counter() - t0
-        self.steps[label] = round(seconds, 1)
-        self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(ru))
-        self.cpu_seconds += ru.ru_utime + ru.ru_stime
+        env = {**os.environ, "XMODAL_PROGRESS": "0", "PYTHONUNBUFFERED": "1", **self.slots.env()}
+        with self.slots.slot() as row:
+            t0 = time.perf_counter()
+            bar = _Bar(f"{self.name}: {label}", total, self.progress, row)
+            with open(log_path, "w") as logf:
+                logf.write("$ xmodal " + " ".join(map(str, argv)) + "\n")
+                logf.flush()
+                out_path = log_path.with_suffix(".out")
+                with open(out_path, "w") as outf:
+                    proc = subprocess.Popen(cmd, stdout=outf, stderr=logf, env=env)
+                    self.slots.started(proc)
+                    status, ru = None, None
+                    try:
+                        while status is None:
+                            pid, st, r = os.wait4(proc.pid, os.WNOHANG)
+                            if pid:
+                                status, ru = st, r
+                                break
+                            self.slots.sample(proc.pid)
+                            bar.update(_last_step(watch))
+                            time.sleep(0.5)
+                    except BaseException:  # interrupted: stop the command too (a trainer checkpoints on SIGTERM)
+                        proc.terminate()
+                        proc.wait(60)
+                        self.slots.finished(proc.pid, 0.0)
+                        bar.close()
+                        raise
+                    proc.returncode = os.waitstatus_to_exitcode(status)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            self.slots.finished(proc.pid, _rss_mb(ru))
+        with self._lock:
+            self.steps[label] = round(seconds, 1)
+            self.peak_rss_mb = max(self.peak_rss_mb, _rss_mb(ru))
+            self.cpu_seconds += ru.ru_utime + ru.ru_stime
         stdout = out_path.read_text()
         if proc.returncode != 0:
             tail = [ln for ln in log_path.read_text().splitlines() if ln.strip()][-1:] or ["(no output)"]
@@ -264,13 +289,14 @@ def _last_step(run: Path | None) -> int | None:
 class _Bar:
     """A tqdm bar over train steps (or elapsed time only) on stderr; silent when disabled."""
 
-    def __init__(self, desc: str, total: int | None, enabled: bool):
+    def __init__(self, desc: str, total: int | None, enabled: bool, row: int = 0):
         self.bar = None
         if enabled and sys.stderr.isatty():  # a log file gets the one line per command instead
             from tqdm.auto import tqdm
 
+            # one row per command slot: commands running side by side each keep their own bar
             self.bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, mininterval=0.5,
-                            bar_format=None if total else "{desc}: {elapsed}")  # fmt: skip
+                            position=row, bar_format=None if total else "{desc}: {elapsed}")  # fmt: skip
 
     def update(self, step: int | None) -> None:
         if self.bar is None:
@@ -320,7 +346,8 @@ def _stamp(mode: str, settings: dict) -> str:
 
 
 def run_stage(name: str, out: Path, *, quick: bool, settings: dict, previous: dict[str, StageResult],
-              progress: bool = True) -> StageResult:
+              progress: bool = True, slots: Slots | None = None,
+              lookup: Callable[[str], StageResult | None] | None = None) -> StageResult:
     """One stage in OUT/<name>/ (wiped first when it holds runs made with other settings)."""
     mode = "quick" if quick else "full"
     entry = STAGES.entry(name)
@@ -330,9 +357,9 @@ def run_stage(name: str, out: Path, *, quick: bool, settings: dict, previous: di
         shutil.rmtree(stage_dir)  # runs of other settings would be reused as if they were these
     stage_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(_stamp(mode, settings))
-    ctx = StageContext(name, out, quick, settings, previous, progress)
+    ctx = StageContext(name, out, quick, settings, previous, progress, slots, lookup)
     t0 = time.perf_counter()
-    self0 = resource.getrusage(resource.RUSAGE_SELF)
+    self0 = resource.getrusage(resource.RUSAGE_THREAD)
     try:
         res = entry.obj(ctx)
     except XmodalError as e:
@@ -345,7 +372,7 @@ def run_stage(name: str, out: Path, *, quick: bool, settings: dict, previous: di
     res.stage, res.title, res.mode, res.settings = name, entry.meta["title"], mode, settings
     res.seconds = round(time.perf_counter() - t0, 1)
     res.peak_rss_mb = round(max(ctx.peak_rss_mb, res.peak_rss_mb), 1)
-    self1 = resource.getrusage(resource.RUSAGE_SELF)  # in-process work: file writing, figures
+    self1 = resource.getrusage(resource.RUSAGE_THREAD)  # in-process work of this stage: files, figures
     own = (self1.ru_utime + self1.ru_stime) - (self0.ru_utime + self0.ru_stime)
     res.cpu_seconds = round(ctx.cpu_seconds + own, 1)
     res.steps = {**ctx.steps, **res.steps}
@@ -353,8 +380,13 @@ def run_stage(name: str, out: Path, *, quick: bool, settings: dict, previous: di
 
 
 def run_demo(out: str | Path, *, quick: bool = False, only: str | list[str] | None = None, progress: bool = True,
-             report: bool = True, settings: Callable[[str, bool], dict] | None = None) -> DemoRun:
-    """Run the selected stages (all by default) into `out`, reusing finished ones; write the report."""
+             report: bool = True, settings: Callable[[str, bool], dict] | None = None,
+             jobs: int | None = None) -> DemoRun:
+    """Run the selected stages (all by default) into `out`, reusing finished ones; write the report.
+
+    Stages run side by side, each in its own thread, and their commands share `jobs` command slots
+    (default: one per core, at most 4; 1 runs everything one after another). A stage that needs
+    another's result waits for it with `ctx.stage_result(name)`."""
     from xmodal.demo.settings import stage_settings
 
     settings = settings or stage_settings
@@ -363,26 +395,52 @@ def run_demo(out: str | Path, *, quick: bool = False, only: str | list[str] | No
     mode = "quick" if quick else "full"
     names = select(only)
     results = read_results(out)
+    slots = Slots(jobs or default_jobs())
     t0 = time.perf_counter()
+    todo: list[tuple[str, dict]] = []
     for i, name in enumerate(names, 1):
-        title = STAGES.entry(name).meta["title"]
         want = settings(name, quick)
         old = results.get(name)
         if old is not None and old.status == "done" and old.mode == mode and old.settings == want:
             if progress:
                 print(f"[{i}/{len(names)}] {name}: reused from {RESULTS} ({old.seconds:.0f} s when it ran)", file=sys.stderr)
-            continue
+        else:
+            todo.append((name, want))
+    futures: dict[str, Future] = {}
+    submitted = threading.Event()
+
+    def lookup(stage: str) -> StageResult | None:
+        submitted.wait()
+        return futures[stage].result() if stage in futures else results.get(stage)
+
+    def one(name: str, want: dict) -> StageResult:
         if progress:
-            print(f"[{i}/{len(names)}] {name}: {title}", file=sys.stderr, flush=True)
-        res = run_stage(name, out, quick=quick, settings=want, previous=results, progress=progress)
-        results[name] = res
-        if progress:
-            print(f"[{i}/{len(names)}] {name}: {_status_line(res)}", file=sys.stderr, flush=True)
-        write_results(out, results, mode=mode)
+            print(f"[{name}] {STAGES.entry(name).meta['title']}", file=sys.stderr, flush=True)
+        return run_stage(name, out, quick=quick, settings=want, previous=dict(results), progress=progress,
+                         slots=slots, lookup=lookup)  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=max(1, len(todo)), thread_name_prefix="stage") as ex:
+        try:
+            for name, want in todo:
+                futures[name] = ex.submit(one, name, want)
+            submitted.set()
+            for fut in as_completed(futures.values()):
+                name = next(n for n, f in futures.items() if f is fut)
+                results[name] = res = fut.result()
+                if progress:
+                    print(f"[{name}] {_status_line(res)}", file=sys.stderr, flush=True)
+                write_results(out, results, mode=mode)
+        except BaseException:  # Ctrl-C / SIGTERM: stop every running command, keep what finished
+            submitted.set()
+            slots.cancel()
+            raise
+    order = {n: STAGES.entry(n).meta["order"] for n in results if n in STAGES}
+    results = {n: results[n] for n in sorted(results, key=lambda n: order.get(n, 99))}  # completion order -> stage order
     seconds = time.perf_counter() - t0
-    peak = max([_rss_mb(resource.getrusage(resource.RUSAGE_SELF))] + [r.peak_rss_mb for r in results.values()])
+    main_mb = _rss_mb(resource.getrusage(resource.RUSAGE_SELF))
+    peak = max([main_mb + slots.peak_together_mb] + [r.peak_rss_mb for r in results.values()])
     write_results(out, results, mode=mode, last_run_seconds=round(seconds, 1), peak_rss_mb=round(peak, 1),
-                  main_process_rss_mb=round(_rss_mb(resource.getrusage(resource.RUSAGE_SELF)), 1))  # fmt: skip
+                  main_process_rss_mb=round(main_mb, 1), jobs=slots.jobs)  # fmt: skip
     run = DemoRun(out, results, seconds, peak)
     if report:
         from xmodal.demo.report import write_report

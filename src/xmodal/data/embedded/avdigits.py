@@ -124,9 +124,12 @@ class AVDigits:
 
     def subset(self, split: str) -> AVDigits:
         idx = np.flatnonzero(self.split == split)
+        if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+            # `generate` lays each split out as one block: views, not copies (the pool's audio is ~200 MB)
+            idx = slice(int(idx[0]), int(idx[-1]) + 1)
         return AVDigits(
             self.video[idx], self.audio[idx], self.label[idx], self.audio_label[idx], self.gap[idx],
-            self.split[idx], [self.uid[i] for i in idx], self.image[idx], self.speaker[idx],
+            self.split[idx], list(np.asarray(self.uid, dtype=object)[idx]), self.image[idx], self.speaker[idx],
             self.labels, self.fps, self.sample_rate,
         )  # fmt: skip
 

@@ -28,16 +28,23 @@ def cavmae_stage(ctx: StageContext) -> StageResult:
     cfg = load_config(pre_recipe, pre_sets)
     per_epoch = -(-cfg.data.n_pool // cfg.train.batch_size)
     total = s["pretrain_steps"] or per_epoch * cfg.train.epochs
-    ctx.train("pretrain", pre_recipe, *pre_sets, total=total)
-    run = ctx.dir / "pretrain"
-    ret = ctx.json_of("retrieval", "cavmae", "retrieval", run)
+    run, inpaint_dir = ctx.dir / "pretrain", ctx.dir / "inpaint"
     ft_sets = [f"train.epochs={s['finetune_epochs']}"] if s["finetune_epochs"] else []
-    ft = ctx.train("finetune", recipe_path(s["finetune"]), f"method.init_from={run}", *ft_sets)["test"]
-    sc = ctx.train("finetune-scratch", recipe_path(s["scratch"]), *ft_sets)["test"]
-    inpaint_dir = ctx.dir / "inpaint"
-    if not (inpaint_dir / "inpaint.json").is_file():
-        ctx.xmodal("inpaint", "cavmae", "inpaint", run, "--out", inpaint_dir, "--n", 2)
-    inp = json.loads((inpaint_dir / "inpaint.json").read_text())
+
+    def inpaint() -> dict:
+        if not (inpaint_dir / "inpaint.json").is_file():
+            ctx.xmodal("inpaint", "cavmae", "inpaint", run, "--out", inpaint_dir, "--n", 2)
+        return json.loads((inpaint_dir / "inpaint.json").read_text())
+
+    def pretrained():  # pretraining, then what uses it, side by side
+        ctx.train("pretrain", pre_recipe, *pre_sets, total=total)
+        return ctx.parallel(lambda: ctx.json_of("retrieval", "cavmae", "retrieval", run),
+                            lambda: ctx.train("finetune", recipe_path(s["finetune"]), f"method.init_from={run}", *ft_sets)["test"],
+                            inpaint)  # fmt: skip
+
+    # the from-scratch fine-tuning needs no pretraining: it runs beside it
+    (ret, ft, inp), sc = ctx.parallel(pretrained, lambda: ctx.train("finetune-scratch", recipe_path(s["scratch"]), *ft_sets)["test"],
+                                      side=1)
 
     rows = [r for r in read_metrics(run) if r["split"] == "train"]
     first, last = rows[0], rows[-1]

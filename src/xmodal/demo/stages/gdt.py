@@ -20,12 +20,18 @@ def gdt_stage(ctx: StageContext) -> StageResult:
     s = ctx.settings
     recipe = recipe_path(s["recipe"])
     sets = [f"train.max_steps={s['max_steps']}", f"data.n_pool={s['n_pool']}"]
-    ctx.train("pretrain", recipe, *sets, total=s["max_steps"])
     run = ctx.dir / "pretrain"
     data_sets = [f"data.n_pool={s['n_pool']}"]
-    ret = ctx.json_of("retrieval", "eval", "retrieval", run, *_sets(data_sets))
-    probe = ctx.json_of("linear", "eval", "linear", run, *_sets([*data_sets, "data.train_split=train"]))
-    rand = ctx.json_of("linear-random", "eval", "linear", recipe, *_sets([*data_sets, "data.train_split=train"]))
+    probe_sets = _sets([*data_sets, "data.train_split=train"])
+
+    def pretrained():  # pretraining, then its two evaluations side by side
+        ctx.train("pretrain", recipe, *sets, total=s["max_steps"])
+        return ctx.parallel(lambda: ctx.json_of("retrieval", "eval", "retrieval", run, *_sets(data_sets)),
+                            lambda: ctx.json_of("linear", "eval", "linear", run, *probe_sets))
+
+    # the random-encoder probe needs no pretraining: it runs beside it
+    (ret, probe), rand = ctx.parallel(pretrained, lambda: ctx.json_of("linear-random", "eval", "linear", recipe, *probe_sets),
+                                      side=1)
     from xmodal.config import load_config
 
     k = load_config(recipe).data.num_classes

@@ -23,15 +23,21 @@ def mfh_stage(ctx: StageContext) -> StageResult:
     if not recipes:
         return skipped(f"not available: no recipe matches {s['recipes']} (branch mfh-cli is not merged)")
     metrics, verdicts, figures = {}, [], {}
-    for recipe in recipes:
-        label = recipe.stem
-        out = ctx.dir / label
+
+    def diagnose(recipe):
+        out = ctx.dir / recipe.stem
         if not (out / "report.json").is_file():
             argv = ["mfh", "diagnose", recipe, "--out", out]
             for item in s.get("sets", []):
                 argv += ["--set", item]
-            ctx.xmodal(label, *argv)
-        rep = _first_result(json.loads((out / "report.json").read_text()))
+            ctx.xmodal(recipe.stem, *argv)
+        return json.loads((out / "report.json").read_text())
+
+    # side work: nothing in this stage waits for it, so the other stages' chains of commands go first
+    reports = ctx.parallel(*(lambda r=r: diagnose(r) for r in recipes), side=len(recipes))
+    for recipe, report in zip(recipes, reports):
+        label = recipe.stem
+        rep = _first_result(report)
         gap = float(get(raw_recipe(recipe), "data.gap", 0.0) or 0.0)
         helps = _helps(rep)
         verdicts.append({"recipe": recipe.name, "gap": gap, "helps": helps, "gamma_hat": rep.get("gamma_hat"),
@@ -68,8 +74,9 @@ def _helps(rep: dict) -> bool:
 
 
 def verdicts_of(ctx: StageContext) -> list[dict]:
-    """The mfh stage's verdicts (gap, helps, gamma_hat), [] when it did not run."""
-    prev = ctx.previous.get("mfh")
+    """The mfh stage's verdicts (gap, helps, gamma_hat), [] when it did not run (waits for it when it
+    runs beside the caller)."""
+    prev = ctx.stage_result("mfh")
     path = ctx.out / "mfh" / "verdicts.json"
     if prev is None or prev.status != "done" or not path.is_file():
         return []
