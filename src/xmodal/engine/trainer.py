@@ -32,6 +32,7 @@ from xmodal.engine.checkpoint import (
     set_rng_state,
 )
 from xmodal.engine.evaluate import autocast_ctx, evaluate, to_device
+from xmodal.engine.loader import training_loader
 from xmodal.engine.logging import MetricLogger, progress
 from xmodal.engine.optim import Schedule, build_optimizer
 from xmodal.errors import CheckpointError, ConfigError
@@ -190,6 +191,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
     faults = _FaultInjection.from_env()
     eval_split = data.val if data.val is not None else data.test
     t0 = time.time()
+    it = None  # one loader iterator for the whole run (engine/loader.py): workers start once
     with _StopFlag() as stop:
         while step < total_steps:
             sampler.set_epoch(epoch, position)
@@ -197,12 +199,18 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                 data.train.set_epoch(epoch)
             method.on_epoch_start(epoch)
             model.train()
-            loader = DataLoader(data.train, **loader_kw)
             micro = position // tc.batch_size
             remaining = steps_per_epoch * tc.grad_accum - micro
             bar = progress(total=steps_per_epoch, desc=f"{cfg.name} ep {epoch + 1}/{epochs}", enabled=ctx.is_main and tc.progress, initial=micro // tc.grad_accum)
             wait, busy = 0.0, 0.0
-            it = iter(loader)
+            if it is None:
+                kw = {k: v for k, v in loader_kw.items() if k not in ("batch_size", "sampler", "drop_last")}
+                it = iter(training_loader(data.train, sampler, batch_size=tc.batch_size, per_epoch=steps_per_epoch * tc.grad_accum,
+                                          epoch=epoch, start=position, drop_last=tc.drop_last, **kw))  # fmt: skip
+            else:
+                # A loader per epoch drew one number from the global generator at every epoch (its
+                # workers' base seed); drawing it here keeps every run's random stream as it was.
+                torch.empty((), dtype=torch.int64).random_()
             for _ in range(remaining):
                 tw = time.perf_counter()
                 batch = next(it)
@@ -256,7 +264,6 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                     status = "interrupted"
                     break
             bar.close()
-            del it, loader
             if status == "interrupted":
                 break
             finished_epoch = micro >= steps_per_epoch * tc.grad_accum
@@ -270,6 +277,7 @@ def train(cfg: RunConfig, *, out_dir: str | Path | None = None, resume: str | No
                     logger.log("val" if data.val is not None else "test", step, metrics, epoch=epoch)
                 if step < total_steps and tc.ckpt_every_epochs and epoch % tc.ckpt_every_epochs == 0:
                     save(epoch, position)
+    del it  # stops the loader's workers
     result = TrainResult(out, status, step, method=method)
     if status == "interrupted":
         if ctx.is_main:
