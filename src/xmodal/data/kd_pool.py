@@ -37,6 +37,16 @@ def fetch(ds: Dataset, idx: Sequence[int]) -> dict:
     return collate([ds[i] for i in idx])
 
 
+def fetch_joined(parts: Sequence[tuple[Dataset, list[int]]]) -> dict:
+    """The rows `idx` of each dataset as one batch, in order: through the datasets' shared
+    ``join_rows`` when they have one (one gather per key, no second copy), else fetched and
+    concatenated."""
+    joins = {getattr(type(ds), "join_rows", None) for ds, _ in parts}
+    if len(joins) == 1 and None not in joins:
+        return joins.pop()(list(parts))
+    return concat_batches([fetch(ds, idx) for ds, idx in parts])
+
+
 def concat_batches(parts: Sequence[dict]) -> dict:
     """Row-wise concatenation of batched dicts with the same keys (tensors on dim 0, lists joined)."""
     keys = set(parts[0])
@@ -81,12 +91,10 @@ class LabelledPoolDataset(Dataset):
         return b  # a 2-row batch; use a DataLoader with this dataset's own batching
 
     def __getitems__(self, idx: list[int]) -> dict:
-        pool = fetch(self.pool, idx)
-        lab = fetch(self.labelled, [int(self._order[i]) for i in idx])
-        for k in self.hide:
-            if k in pool and isinstance(pool[k], torch.Tensor):
-                pool[k] = torch.full_like(pool[k], -1)
         n = len(idx)
-        pool["labelled"] = torch.zeros(n, dtype=torch.bool)
-        lab["labelled"] = torch.ones(n, dtype=torch.bool)
-        return concat_batches([pool, lab])
+        batch = fetch_joined([(self.pool, list(idx)), (self.labelled, [int(self._order[i]) for i in idx])])
+        for k in self.hide:
+            if k in batch and isinstance(batch[k], torch.Tensor):
+                batch[k][:n] = -1  # fresh tensors (gathered or concatenated): safe to write
+        batch["labelled"] = torch.arange(2 * n) >= n
+        return batch

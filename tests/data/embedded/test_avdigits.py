@@ -239,3 +239,27 @@ def test_registered_data_source():
     d = generate(AVDigitsConfig(n_train_per_class=2, n_pool=6, n_test_per_class=1, num_classes=3))
     expect = torch.from_numpy(d.video[1]).permute(3, 0, 1, 2).float() / 255
     assert torch.allclose(bundle.train[1]["video"], expect)
+
+
+def test_keys_leave_out_unread_media_and_pool_batches_are_joined_in_one_gather():
+    from xmodal.errors import ConfigError
+    from xmodal.registry import DATASETS
+
+    small = dict(n_train_per_class=2, n_pool=8, n_test_per_class=1, num_classes=3, fbank_bins=16, image_frame="middle")
+    full = DATASETS.build_named("avdigits", train_split="train+pool", **small)
+    lean = DATASETS.build_named("avdigits", train_split="train+pool", keys=["video", "fbank"], **small)
+    image_only = DATASETS.build_named("avdigits", keys=["image"], **small)
+    idx = [5, 0, 7]
+    a, b = full.train.__getitems__(idx), lean.train.__getitems__(idx)
+    assert {"video", "audio", "fbank", "image"} <= set(a) and not {"audio", "image"} & set(b)
+    for k in b:  # the same rows, whatever the keys
+        assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k], k
+    assert "video" not in image_only.train[0] and image_only.train[0]["image"].shape == (3, 32, 32)
+    # the joined pool + labelled batch is the two parts fetched apart and concatenated
+    pool, lab = full.extra["pool"].__getitems__(idx), full.extra["labelled"].__getitems__([int(full.train._order[i]) for i in idx])
+    assert torch.equal(a["video"], torch.cat([pool["video"], lab["video"]]))
+    assert torch.equal(a["fbank"], torch.cat([pool["fbank"], lab["fbank"]]))
+    assert a["label"][:3].tolist() == [-1] * 3 and a["label"][3:].tolist() == lab["label"].tolist()
+    assert a["labelled"].tolist() == [False] * 3 + [True] * 3 and a["uid"] == pool["uid"] + lab["uid"]
+    with pytest.raises(ConfigError, match="data.keys: unknown avdigits key.*vidoe"):
+        DATASETS.build_named("avdigits", keys=["vidoe"], **small)

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xmodal.data.bundle import DataBundle, DataInfo
-from xmodal.errors import DataError
+from xmodal.errors import ConfigError, DataError
 from xmodal.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -480,7 +480,7 @@ class AVDigitsDataset(Dataset):
     (when computed), label, audio_label, uid."""
 
     def __init__(self, data: AVDigits, fbank: torch.Tensor | None = None, *, image_frame: str = "none",
-                 columns: dict[str, torch.Tensor] | None = None, image_size: int = 0):
+                 columns: dict[str, torch.Tensor] | None = None, image_size: int = 0, keys: tuple[str, ...] = ()):
         self.video = torch.from_numpy(data.video)  # uint8 until a sample is read (4x less memory)
         self.audio = torch.from_numpy(data.audio)
         self.label = torch.from_numpy(data.label)
@@ -490,6 +490,8 @@ class AVDigitsDataset(Dataset):
         self.image_frame = image_frame  # "middle": also an "image" key (an image teacher's input)
         self.image_size = image_size  # 0 = the frame's own size
         self.columns = columns or {}  # further per-clip tensors (feature-store rows) -> batch keys
+        # media keys to build (() = all): a batch key nobody reads still costs its gather and conversion
+        self.keys = frozenset(keys or MEDIA_KEYS)
 
     def __len__(self) -> int:
         return len(self.uid)
@@ -500,26 +502,47 @@ class AVDigitsDataset(Dataset):
     def __getitems__(self, idx: list[int], single: bool = False) -> dict:
         # Batched fetch: one gather per key instead of a dict per sample (the loader's collate
         # passes an already-batched dict through).
-        index = torch.as_tensor(idx, dtype=torch.long)
-        out = {
-            "video": self.video[index].permute(0, 4, 1, 2, 3).float().div_(255),
-            "audio": self.audio[index],
-            "label": self.label[index],
-            "audio_label": self.audio_label[index],
-            "uid": [self.uid[i] for i in idx],
-        }
-        if self.fbank is not None:
-            out["fbank"] = self.fbank[index]
-        if self.image_frame == "middle":
-            img = out["video"][:, :, out["video"].shape[2] // 2].contiguous()
-            if self.image_size and self.image_size != img.shape[-1]:  # bilinear, H and W only
-                img = torch.nn.functional.interpolate(img, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        out = self.join_rows([(self, idx)])
+        return {k: v[0] for k, v in out.items()} if single else out
+
+    @staticmethod
+    def join_rows(parts: list[tuple[AVDigitsDataset, list[int]]]) -> dict:
+        """One batch of the rows `idx` of each dataset, in order (e.g. pool clips, then labelled ones:
+        data/kd_pool.py): one gather per key and part, the uint8 -> float conversion done once."""
+        first = parts[0][0]
+        shape = lambda d: (d.keys, d.fbank is None, d.image_frame, d.image_size, sorted(d.columns))  # noqa: E731
+        if any(shape(d) != shape(first) for d, _ in parts):
+            raise DataError("avdigits: joined datasets differ in their batch keys (keys, fbank, image, feature columns)")
+        index = [torch.as_tensor(i, dtype=torch.long) for _, i in parts]
+
+        def rows(get) -> torch.Tensor:
+            # index_select, not get(d)[i]: advanced indexing of the uint8 video was 9x slower on CPU
+            got = [get(d).index_select(0, i) for (d, _), i in zip(parts, index)]
+            return got[0] if len(got) == 1 else torch.cat(got)
+
+        keys = first.keys
+        out = {"label": rows(lambda d: d.label), "audio_label": rows(lambda d: d.audio_label),
+               "uid": [d.uid[i] for d, idx in parts for i in idx]}  # fmt: skip
+        video = None
+        if "video" in keys or ("image" in keys and first.image_frame == "middle"):
+            video = rows(lambda d: d.video).permute(0, 4, 1, 2, 3).float().div_(255)
+            if "video" in keys:
+                out["video"] = video
+        if "audio" in keys:
+            out["audio"] = rows(lambda d: d.audio)
+        if first.fbank is not None and "fbank" in keys:
+            out["fbank"] = rows(lambda d: d.fbank)
+        if video is not None and "image" in keys and first.image_frame == "middle":
+            img = video[:, :, video.shape[2] // 2].contiguous()
+            if first.image_size and first.image_size != img.shape[-1]:  # bilinear, H and W only
+                img = torch.nn.functional.interpolate(img, size=(first.image_size,) * 2, mode="bilinear", align_corners=False)
             out["image"] = img
-        for key, col in self.columns.items():
-            out[key] = col[index]
-        if single:
-            out = {k: v[0] for k, v in out.items()}
+        for key in first.columns:
+            out[key] = rows(lambda d, k=key: d.columns[k])
         return out
+
+
+MEDIA_KEYS = ("video", "audio", "fbank", "image")
 
 
 @dataclass
@@ -533,6 +556,9 @@ class AVDigitsDataConfig(AVDigitsConfig):
     image_size: int = 0  # "image" side (bilinear upscale; 0 = the frame size): ImageNet-style stems need > 32 px
     features: dict[str, str] = field(default_factory=dict)  # batch key -> FeatureStore (teacher cache)
     missing_features: Literal["error", "zeros"] = "error"
+    # media batch keys to build, of video / audio (the 16 kHz waveform) / fbank / image; [] = all of them.
+    # Leaving out what the recipe's models never read makes every batch cheaper.
+    keys: list[str] = field(default_factory=list)
 
 
 def avdigits_fbank(audio: np.ndarray, bins: int, stats_rows: np.ndarray) -> torch.Tensor:
@@ -550,6 +576,9 @@ def avdigits_fbank(audio: np.ndarray, bins: int, stats_rows: np.ndarray) -> torc
 def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
     """In-memory avdigits: train = labelled clips (or the pool), extra["pool"] = unlabelled paired
     clips, test."""
+    unknown = sorted(set(cfg.keys) - set(MEDIA_KEYS))
+    if unknown:
+        raise ConfigError(f"data.keys: unknown avdigits key(s) {', '.join(unknown)}; choose from {', '.join(MEDIA_KEYS)} ([] = all)")
     data = generate(cfg)
     fbank = None
     if cfg.fbank_bins > 0:
@@ -570,7 +599,7 @@ def avdigits_data(cfg: AVDigitsDataConfig) -> DataBundle:
         idx = np.flatnonzero(data.split == split)
         sub = data.subset(split)
         return AVDigitsDataset(sub, fbank[torch.from_numpy(idx)] if fbank is not None else None,
-                               image_frame=cfg.image_frame, image_size=cfg.image_size,
+                               image_frame=cfg.image_frame, image_size=cfg.image_size, keys=tuple(cfg.keys),
                                columns=feature_columns(sub.uid, cfg.features, cfg.missing_features))
 
     pool = part("pool")
