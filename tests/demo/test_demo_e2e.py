@@ -46,4 +46,6 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert (tmp_path / "gdt" / "retrieval_examples.png").is_file()
     assert list((tmp_path / "cavmae" / "inpaint").glob("*.png"))
     assert "[PASS] GDT retrieval above chance" in printed and "report:" in printed
-    assert body["peak_rss_mb"] < 4096
+    # the commands running together, plus what `xmodal demo` itself holds from the command line
+    # (~0.5 GiB measured); this test's host process carries the other tests' memory, so not its own
+    assert body["commands_peak_rss_mb"] + 512 < 4096, body["commands_peak_rss_mb"]

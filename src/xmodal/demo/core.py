@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from xmodal.demo.jobs import Slots, default_jobs, run_parallel
+from xmodal.demo.jobs import Slots, default_jobs, proc_rss_mb, run_parallel
 from xmodal.errors import ConfigError, XmodalError
 from xmodal.registry import Registry
 
@@ -437,10 +437,11 @@ def run_demo(out: str | Path, *, quick: bool = False, only: str | list[str] | No
     order = {n: STAGES.entry(n).meta["order"] for n in results if n in STAGES}
     results = {n: results[n] for n in sorted(results, key=lambda n: order.get(n, 99))}  # completion order -> stage order
     seconds = time.perf_counter() - t0
-    main_mb = _rss_mb(resource.getrusage(resource.RUSAGE_SELF))
-    peak = max([main_mb + slots.peak_together_mb] + [r.peak_rss_mb for r in results.values()])
+    main_mb = proc_rss_mb(os.getpid()) or 0.0  # now, not this process's lifetime peak (a test runner's)
+    peak = max([main_mb, slots.peak_together_mb] + [r.peak_rss_mb for r in results.values()])
     write_results(out, results, mode=mode, last_run_seconds=round(seconds, 1), peak_rss_mb=round(peak, 1),
-                  main_process_rss_mb=round(main_mb, 1), jobs=slots.jobs)  # fmt: skip
+                  main_process_rss_mb=round(main_mb, 1), commands_peak_rss_mb=round(slots.peak_commands_mb, 1),
+                  jobs=slots.jobs)  # fmt: skip
     run = DemoRun(out, results, seconds, peak)
     if report:
         from xmodal.demo.report import write_report

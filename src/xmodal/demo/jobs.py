@@ -51,7 +51,8 @@ class Slots:
         self._tickets = itertools.count()
         self._procs: dict[int, subprocess.Popen] = {}
         self._rss: dict[int, float] = {}
-        self.peak_together_mb = 0.0
+        self.peak_together_mb = 0.0  # commands running together + this process
+        self.peak_commands_mb = 0.0  # the commands alone (what the demo adds to a host process)
         self.cancelled = False
 
     @contextmanager
@@ -92,18 +93,23 @@ class Slots:
             self._procs[proc.pid] = proc
 
     def sample(self, pid: int) -> None:
-        """Record `pid`'s current resident memory; the peak of the sum over running commands is kept."""
-        rss = _proc_rss_mb(pid)
+        """Record `pid`'s current resident memory; the peak of the sum over the running commands and
+        this process (its current size: a test runner's lifetime peak is not the demo's) is kept."""
+        rss, own = proc_rss_mb(pid), proc_rss_mb(os.getpid()) or 0.0
         with self._cv:
             if rss is not None and pid in self._procs:
                 self._rss[pid] = rss
-            self.peak_together_mb = max(self.peak_together_mb, sum(self._rss.values()))
+            self._peak(own, sum(self._rss.values()))
+
+    def _peak(self, own: float, commands: float) -> None:
+        self.peak_commands_mb = max(self.peak_commands_mb, commands)
+        self.peak_together_mb = max(self.peak_together_mb, own + commands)
 
     def finished(self, pid: int, peak_mb: float) -> None:
+        own = proc_rss_mb(os.getpid()) or 0.0
         with self._cv:
             # the command's own peak (wait4) may exceed the last sample: count it with the others
-            others = sum(v for p, v in self._rss.items() if p != pid)
-            self.peak_together_mb = max(self.peak_together_mb, others + peak_mb)
+            self._peak(own, sum(v for p, v in self._rss.items() if p != pid) + peak_mb)
             self._procs.pop(pid, None)
             self._rss.pop(pid, None)
 
@@ -118,7 +124,8 @@ class Slots:
                 p.terminate()
 
 
-def _proc_rss_mb(pid: int) -> float | None:
+def proc_rss_mb(pid: int) -> float | None:
+    """Current resident memory of process `pid` in MiB (None when it is gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
