@@ -5,6 +5,7 @@ import torch
 
 from xmodal.errors import ConfigError, DataError
 from xmodal.losses.kd import (
+    add_feature_terms,
     feature_cosine,
     feature_mse,
     kd_kl,
@@ -191,3 +192,15 @@ def test_kd_configs_reject_bad_settings():
         for bad in ({"temperature": 0.0}, {"k": 0}, {"weight": -1.0}, {"feature_mse": -0.1}):
             with pytest.raises(ValueError):
                 cls(**bad).validate()
+
+
+def test_feature_terms_add_only_the_weighted_ones_and_log_them():
+    s, t = torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    start = torch.tensor(0.5)
+    total, logged = add_feature_terms(start, s, t, cosine=2.0, mse=0.0)
+    assert set(logged) == {"feat_cos"} and torch.allclose(total, 0.5 + 2.0 * feature_cosine(s, t))
+    total, logged = add_feature_terms(start, s, t, cosine=0.5, mse=3.0)
+    assert set(logged) == {"feat_cos", "feat_mse"} and not logged["feat_mse"].requires_grad
+    assert torch.allclose(total, 0.5 + 0.5 * feature_cosine(s, t) + 3.0 * feature_mse(s, t))
+    total, logged = add_feature_terms(start, s, t)
+    assert total is start and logged == {}

@@ -182,6 +182,20 @@ def feature_mse(student: torch.Tensor, teacher: torch.Tensor, *, normalize: bool
     return (student - t).pow(2).mean()
 
 
+def add_feature_terms(total: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, *, cosine: float = 0.0,
+                      mse: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """total + cosine · feature_cosine + mse · feature_mse (each only when its weight is set), and the
+    detached terms to log as "feat_cos" / "feat_mse"."""
+    logged: dict[str, torch.Tensor] = {}
+    if cosine:
+        c = feature_cosine(student, teacher)
+        total, logged["feat_cos"] = total + cosine * c, c.detach()
+    if mse:
+        m = feature_mse(student, teacher)
+        total, logged["feat_mse"] = total + mse * m, m.detach()
+    return total, logged
+
+
 class TeacherTargets(NamedTuple):
     """Teacher logits ready for `kd_kl` and the mask to pass with them (None: keep all)."""
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
-from xmodal.losses.kd import check_kd_settings, feature_cosine, feature_mse, kd_kl, topk_kl
+from xmodal.losses.kd import add_feature_terms, check_kd_settings, kd_kl, topk_kl
 from xmodal.methods._distill import (
     TeacherConfig,
     WindowedStudent,
@@ -151,12 +151,8 @@ class KD(WindowedStudent, Method):
                 raise ConfigError(f"method.kd.feature_*: student feature is {out.feature.shape[-1]}-d, teacher "
                                   f"feature {have}-d; they must match")  # fmt: skip
             s, tf = out.feature[rows], t.feature[rows].to(out.feature.dtype)
-            if kd.feature_cosine:
-                c = feature_cosine(s, tf)
-                total, terms["feat_cos"] = total + kd.feature_cosine * c, c.detach()
-            if kd.feature_mse:
-                m = feature_mse(s, tf)
-                total, terms["feat_mse"] = total + kd.feature_mse * m, m.detach()
+            total, logged = add_feature_terms(total, s, tf, cosine=kd.feature_cosine, mse=kd.feature_mse)
+            terms.update(logged)
         return total
 
 

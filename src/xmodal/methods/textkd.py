@@ -30,9 +30,8 @@ from xmodal.config import registered
 from xmodal.errors import ConfigError
 from xmodal.losses import LossOut
 from xmodal.losses.kd import (
+    add_feature_terms,
     check_kd_settings,
-    feature_cosine,
-    feature_mse,
     kd_kl,
     missing_teacher,
     top_mid_bottom_kl,
@@ -142,13 +141,8 @@ class TextKD(Method):
         if not present.any():
             return s.sum() * 0.0
         s, t = s[present], feature[present].to(s.dtype)
-        total = s.new_zeros(())
-        if kd.feature_cosine:
-            c = feature_cosine(s, t)
-            total, terms["feat_cos"] = total + kd.feature_cosine * c, c.detach()
-        if kd.feature_mse:
-            m = feature_mse(s, t)
-            total, terms["feat_mse"] = total + kd.feature_mse * m, m.detach()
+        total, logged = add_feature_terms(s.new_zeros(()), s, t, cosine=kd.feature_cosine, mse=kd.feature_mse)
+        terms.update(logged)
         return total
 
     # ----------------------------------------------------------------------------- evaluation
