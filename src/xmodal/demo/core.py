@@ -106,10 +106,15 @@ def read_results(out: str | Path) -> dict[str, StageResult]:
     return {name: StageResult.from_dict(r) for name, r in data.get("stages", {}).items()}
 
 
+def in_stage_order(results: dict[str, StageResult]) -> dict[str, StageResult]:
+    """`results` ordered by the stages' registered order (unknown stages last)."""
+    order = {n: STAGES.entry(n).meta["order"] for n in results if n in STAGES}
+    return {n: results[n] for n in sorted(results, key=lambda n: order.get(n, 99))}
+
+
 def write_results(out: str | Path, results: dict[str, StageResult], **extra: Any) -> Path:
     path = Path(out) / RESULTS
-    order = {n: STAGES.entry(n).meta["order"] for n in results if n in STAGES}
-    stages = {n: asdict(results[n]) for n in sorted(results, key=lambda n: order.get(n, 99))}
+    stages = {n: asdict(r) for n, r in in_stage_order(results).items()}
     claims = [{"stage": n, **asdict(c)} for n, r in results.items() for c in r.claims]
     body = {"stages": stages, "claims": claims, **extra}
     tmp = path.with_suffix(".tmp")
@@ -424,8 +429,9 @@ def run_demo(out: str | Path, *, quick: bool = False, only: str | list[str] | No
             for name, want in todo:
                 futures[name] = ex.submit(one, name, want)
             submitted.set()
-            for fut in as_completed(futures.values()):
-                name = next(n for n, f in futures.items() if f is fut)
+            stage_of = {f: n for n, f in futures.items()}
+            for fut in as_completed(stage_of):
+                name = stage_of[fut]
                 results[name] = res = fut.result()
                 if progress:
                     print(f"[{name}] {_status_line(res)}", file=sys.stderr, flush=True)
@@ -434,8 +440,7 @@ def run_demo(out: str | Path, *, quick: bool = False, only: str | list[str] | No
             submitted.set()
             slots.cancel()
             raise
-    order = {n: STAGES.entry(n).meta["order"] for n in results if n in STAGES}
-    results = {n: results[n] for n in sorted(results, key=lambda n: order.get(n, 99))}  # completion order -> stage order
+    results = in_stage_order(results)  # completion order -> stage order
     seconds = time.perf_counter() - t0
     main_mb = proc_rss_mb(os.getpid()) or 0.0  # now, not this process's lifetime peak (a test runner's)
     peak = max([main_mb, slots.peak_together_mb] + [r.peak_rss_mb for r in results.values()])
