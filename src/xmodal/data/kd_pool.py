@@ -92,7 +92,7 @@ class LabelledPoolDataset(Dataset):
 
     def __getitems__(self, idx: list[int]) -> dict:
         n = len(idx)
-        batch = fetch_joined([(self.pool, list(idx)), (self.labelled, [int(self._order[i]) for i in idx])])
+        batch = fetch_joined([(self.pool, idx), (self.labelled, [int(self._order[i]) for i in idx])])
         for k in self.hide:
             if k in batch and isinstance(batch[k], torch.Tensor):
                 batch[k][:n] = -1  # fresh tensors (gathered or concatenated): safe to write

@@ -523,8 +523,8 @@ class AVDigitsDataset(Dataset):
         keys = first.keys
         out = {"label": rows(lambda d: d.label), "audio_label": rows(lambda d: d.audio_label),
                "uid": [d.uid[i] for d, idx in parts for i in idx]}  # fmt: skip
-        video = None
-        if "video" in keys or ("image" in keys and first.image_frame == "middle"):
+        image = "image" in keys and first.image_frame == "middle"
+        if "video" in keys or image:
             video = rows(lambda d: d.video).permute(0, 4, 1, 2, 3).float().div_(255)
             if "video" in keys:
                 out["video"] = video
@@ -532,7 +532,7 @@ class AVDigitsDataset(Dataset):
             out["audio"] = rows(lambda d: d.audio)
         if first.fbank is not None and "fbank" in keys:
             out["fbank"] = rows(lambda d: d.fbank)
-        if video is not None and "image" in keys and first.image_frame == "middle":
+        if image:
             img = video[:, :, video.shape[2] // 2].contiguous()
             if first.image_size and first.image_size != img.shape[-1]:  # bilinear, H and W only
                 img = torch.nn.functional.interpolate(img, size=(first.image_size,) * 2, mode="bilinear", align_corners=False)
