@@ -109,3 +109,12 @@ def test_cli_lists_the_stages(capsys):
 
     assert main(["demo", "--list"]) == 0
     assert [ln.split()[0] for ln in capsys.readouterr().out.splitlines()] == core.stage_names()
+
+
+def test_cli_rejects_jobs_below_one(tmp_path, capsys):
+    from xmodal.cli import main
+
+    assert main(["demo", "--jobs", "0", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--jobs: needs at least 1 (got 0)" in err[0]
+    assert not (tmp_path / "results.json").exists()
